@@ -1,0 +1,182 @@
+//! Request and response bodies of the JSON API under [`crate::API_PREFIX`].
+//!
+//! Routes (all need `Authorization: Bearer <token>`):
+//! - `POST /api/v1/agent/{mac}/register` — body [`RegisterRequest`], answer [`Node`]; node token.
+//! - `POST /api/v1/agent/{mac}/events` — body [`EventReport`], answer 204; node token.
+//! - `GET /api/v1/nodes` — answer `Vec<Node>`; admin token.
+//! - `GET /api/v1/nodes/{mac}` — answer [`NodeDetail`]; admin token (or that node's token).
+//! - `PUT /api/v1/nodes/{mac}/state` — body [`SetState`], answer [`Node`]; admin token.
+//!
+//! Errors come back as [`ApiError`] with a 4xx/5xx status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Hardware, MacAddr};
+
+/// Where a node stands in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Seen on the network and registered by the agent; nothing decided yet.
+    Discovered,
+    /// Will be (re)installed on its next boot; its disks may be wiped.
+    Provisioning,
+    /// Installed; its next network boot is told to boot the local disk.
+    Provisioned,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 3] = [Self::Discovered, Self::Provisioning, Self::Provisioned];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Discovered => "discovered",
+            Self::Provisioning => "provisioning",
+            Self::Provisioned => "provisioned",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NodeState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown node state {s:?}: expected discovered, provisioning or provisioned"))
+    }
+}
+
+/// The phase of a boot or install an event belongs to, in the order a node goes through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Dhcp,
+    Tftp,
+    IpxeScript,
+    Kernel,
+    Initramfs,
+    Agent,
+    AgentRegistered,
+    Layout,
+    Image,
+    Config,
+    Bootloader,
+    Hooks,
+    Reboot,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dhcp => "dhcp",
+            Self::Tftp => "tftp",
+            Self::IpxeScript => "ipxe_script",
+            Self::Kernel => "kernel",
+            Self::Initramfs => "initramfs",
+            Self::Agent => "agent",
+            Self::AgentRegistered => "agent_registered",
+            Self::Layout => "layout",
+            Self::Image => "image",
+            Self::Config => "config",
+            Self::Bootloader => "bootloader",
+            Self::Hooks => "hooks",
+            Self::Reboot => "reboot",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// An event as the agent reports it; the appliance stamps the time it arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventReport {
+    pub phase: Phase,
+    pub level: Level,
+    pub message: String,
+    /// Seconds since the node's kernel started (`/proc/uptime`), when known.
+    pub uptime_secs: Option<f64>,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub mac: MacAddr,
+    pub phase: Phase,
+    pub level: Level,
+    pub message: String,
+    /// Milliseconds since the Unix epoch, appliance clock.
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub hardware: Hardware,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub mac: MacAddr,
+    pub state: NodeState,
+    pub hostname: Option<String>,
+    /// Address from the appliance's lease table, if it leased one.
+    pub ip: Option<String>,
+    pub hardware: Option<Hardware>,
+    /// Milliseconds since the Unix epoch.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDetail {
+    #[serde(flatten)]
+    pub node: Node,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetState {
+    pub state: NodeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_parses_its_own_names() {
+        for s in NodeState::ALL {
+            assert_eq!(s.as_str().parse::<NodeState>().unwrap(), s);
+        }
+        assert!("wiped".parse::<NodeState>().is_err());
+    }
+
+    #[test]
+    fn phase_serializes_as_snake_case() {
+        assert_eq!(serde_json::to_string(&Phase::IpxeScript).unwrap(), "\"ipxe_script\"");
+        assert_eq!(serde_json::to_string(&Phase::AgentRegistered).unwrap(), "\"agent_registered\"");
+    }
+}

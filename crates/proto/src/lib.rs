@@ -1,0 +1,25 @@
+//! Every type that crosses the wire between `metalcastd`, the agent and the CLI.
+//!
+//! Appliance and agent both depend on this crate and on nothing else shared, so the
+//! two sides cannot drift apart.
+
+pub mod api;
+pub mod hardware;
+pub mod mac;
+
+pub use api::*;
+pub use hardware::*;
+pub use mac::{MacAddr, MacParseError};
+
+/// Kernel command-line keys the iPXE script passes to the agent.
+pub mod cmdline {
+    /// Base URL of the appliance's HTTP service, e.g. `http://10.0.0.1:8080`.
+    pub const URL: &str = "metalcast.url";
+    /// The node's per-boot bearer token.
+    pub const TOKEN: &str = "metalcast.token";
+    /// MAC of the NIC the node booted from (`52:54:00:12:34:56`).
+    pub const MAC: &str = "metalcast.mac";
+}
+
+/// Path prefix of the versioned JSON API.
+pub const API_PREFIX: &str = "/api/v1";
