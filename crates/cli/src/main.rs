@@ -1,1 +1,102 @@
-fn main() {}
+//! `metalcast` — the admin command line. Every command is a call to the appliance's HTTP API.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use metalcast_proto::{MacAddr, NodeState};
+
+mod client;
+mod render;
+
+use client::Client;
+
+#[derive(Parser)]
+#[command(name = "metalcast", version, about = "Drive a metalcast appliance")]
+struct Cli {
+    /// Base URL of the appliance's HTTP service.
+    #[arg(
+        long,
+        env = "METALCAST_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Admin bearer token (made by `metalcastd token create`).
+    #[arg(long, env = "METALCAST_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Nodes the appliance knows.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// One line per node: MAC, state, firmware, disks, address, last seen.
+    List {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A node's hardware and its events with per-phase timings.
+    Show {
+        mac: MacAddr,
+        /// Print the API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a node's state (discovered, provisioning, provisioned).
+    SetState { mac: MacAddr, state: NodeState },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let token = cli
+        .token
+        .context("no API token: pass --token or set METALCAST_TOKEN (make one with `metalcastd token create`)")?;
+    let client = Client::new(&cli.url, &token);
+    match cli.command {
+        Command::Nodes(NodesCommand::List { json }) => nodes_list(&client, json),
+        Command::Nodes(NodesCommand::Show { mac, json }) => nodes_show(&client, mac, json),
+        Command::Nodes(NodesCommand::SetState { mac, state }) => {
+            nodes_set_state(&client, mac, state)
+        }
+    }
+}
+
+fn nodes_list(client: &Client, json: bool) -> Result<()> {
+    let nodes = client.nodes()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+    } else {
+        print!("{}", render::node_table(&nodes, render::now_ms()));
+    }
+    Ok(())
+}
+
+fn nodes_show(client: &Client, mac: MacAddr, json: bool) -> Result<()> {
+    let detail = client.node(mac)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+    } else {
+        print!("{}", render::node_detail(&detail));
+    }
+    Ok(())
+}
+
+fn nodes_set_state(client: &Client, mac: MacAddr, state: NodeState) -> Result<()> {
+    let node = client.set_state(mac, state)?;
+    println!("{} is now {}", node.mac, node.state);
+    Ok(())
+}

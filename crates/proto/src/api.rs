@@ -49,7 +49,11 @@ impl std::str::FromStr for NodeState {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown node state {s:?}: expected discovered, provisioning or provisioned"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown node state {s:?}: expected discovered, provisioning or provisioned"
+                )
+            })
     }
 }
 
@@ -176,7 +180,13 @@ mod tests {
 
     #[test]
     fn phase_serializes_as_snake_case() {
-        assert_eq!(serde_json::to_string(&Phase::IpxeScript).unwrap(), "\"ipxe_script\"");
-        assert_eq!(serde_json::to_string(&Phase::AgentRegistered).unwrap(), "\"agent_registered\"");
+        assert_eq!(
+            serde_json::to_string(&Phase::IpxeScript).unwrap(),
+            "\"ipxe_script\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Phase::AgentRegistered).unwrap(),
+            "\"agent_registered\""
+        );
     }
 }

@@ -84,7 +84,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "zz:54:00:ab:cd:0f", "525:4:00:ab:cd:0f", "52::00:ab:cd:0f"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:11",
+            "zz:54:00:ab:cd:0f",
+            "525:4:00:ab:cd:0f",
+            "52::00:ab:cd:0f",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
