@@ -192,11 +192,11 @@ pub async fn run(
                     iface_ip: ep.ip,
                 };
                 let outcome = server.handle(SystemTime::now(), &rx);
-                if let Some(tx) = outcome.reply {
-                    if let Err(error) = ep.sock.send_to(&tx.data, tx.to).await {
-                        edge.send_errors += 1;
-                        warn!(iface = ep.iface, to = %tx.to, %error, "send failed");
-                    }
+                if let Some(tx) = outcome.reply
+                    && let Err(error) = ep.sock.send_to(&tx.data, tx.to).await
+                {
+                    edge.send_errors += 1;
+                    warn!(iface = ep.iface, to = %tx.to, %error, "send failed");
                 }
                 if let Some(change) = outcome.lease {
                     edge.lease(change).await?;

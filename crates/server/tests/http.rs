@@ -1,0 +1,492 @@
+//! The HTTP application end to end over a real socket: boot script → node token → agent
+//! registration → admin API → provisioned → local-disk script; auth, Range and bad bodies.
+
+use metalcast_proto::{
+    ApiError, Cpu, Disk, Dmi, Event, EventReport, Firmware, Hardware, Level, MacAddr, Nic, Node,
+    NodeDetail, NodeState, Phase, RegisterRequest, SetState,
+};
+use metalcast_server::http::{self, AppState, BootFiles};
+use metalcast_server::store::Store;
+use reqwest::StatusCode;
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE, WWW_AUTHENTICATE,
+};
+use tokio::sync::mpsc;
+
+const MAC_A: &str = "52:54:00:12:34:56";
+const MAC_B: &str = "52:54:00:ab:cd:ef";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    base: String,
+    host: String,
+    store: Store,
+    admin: String,
+    kernel: Vec<u8>,
+    known: mpsc::Receiver<MacAddr>,
+    client: reqwest::Client,
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kernel: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.path().join("vmlinuz"), &kernel).expect("writing vmlinuz");
+    std::fs::write(dir.path().join("initramfs"), b"initramfs bytes").expect("writing initramfs");
+    let store = Store::open(&dir.path().join("data"))
+        .await
+        .expect("opening the store");
+    let admin = store
+        .create_admin_token("test", 1)
+        .await
+        .expect("admin token");
+    let (known_tx, known) = mpsc::channel(16);
+    let app = http::app(AppState {
+        store: store.clone(),
+        boot: BootFiles {
+            kernel: dir.path().join("vmlinuz"),
+            initramfs: dir.path().join("initramfs"),
+            kernel_args: "console=ttyS0,115200".into(),
+        },
+        known_nodes: Some(known_tx),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Harness {
+        _dir: dir,
+        base: format!("http://{addr}"),
+        host: addr.to_string(),
+        store,
+        admin: admin.as_str().to_string(),
+        kernel,
+        known,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Harness {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let rb = self.client.get(self.url(path));
+        match token {
+            Some(t) => rb.header(AUTHORIZATION, format!("Bearer {t}")),
+            None => rb,
+        }
+    }
+
+    /// Fetch the boot script of `mac` and return it with the node token it carries, if any.
+    async fn script(&self, mac: &str) -> (String, Option<String>) {
+        let resp = self
+            .get(&format!("/boot/{}.ipxe", mac.replace(':', "-")), None)
+            .send()
+            .await
+            .expect("GET boot script");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.text().await.expect("script body");
+        let token = body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("metalcast.token="))
+            .map(str::to_string);
+        (body, token)
+    }
+}
+
+async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: ApiError = resp.json().await.expect("an ApiError body");
+    (status, body.error)
+}
+
+fn hardware() -> Hardware {
+    let disk = |path: &str, gib: u64| Disk {
+        path: path.into(),
+        size_bytes: gib << 30,
+        model: Some("QEMU HARDDISK".into()),
+        serial: None,
+        rotational: true,
+        by_path: None,
+    };
+    Hardware {
+        firmware: Firmware::Bios,
+        cpu: Cpu {
+            count: 1,
+            model: None,
+        },
+        memory_bytes: 1024 << 20,
+        disks: vec![disk("/dev/vda", 8), disk("/dev/vdb", 4)],
+        nics: vec![Nic {
+            name: "eth0".into(),
+            mac: MAC_A.parse().expect("MAC"),
+            driver: Some("virtio_net".into()),
+            speed_mbps: None,
+        }],
+        dmi: Dmi::default(),
+    }
+}
+
+fn phases(events: &[Event]) -> Vec<Phase> {
+    events.iter().map(|e| e.phase).collect()
+}
+
+#[tokio::test]
+async fn boot_register_provision_cycle() {
+    let mut h = start().await;
+    let mac_a: MacAddr = MAC_A.parse().unwrap();
+
+    let resp = h.get("/healthz", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+
+    // The first script fetch creates the node and hands it a token.
+    let (script, token_a) = h.script(MAC_A).await;
+    let token_a = token_a.expect("the agent script carries a token");
+    let host = &h.host;
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains(&format!(
+            "kernel http://{host}/boot/files/vmlinuz?mac=52-54-00-12-34-56 initrd=initrd \
+             metalcast.url=http://{host} metalcast.token={token_a} metalcast.mac={MAC_A} console=ttyS0,115200\n"
+        )),
+        "{script}"
+    );
+    assert!(script.contains(&format!(
+        "initrd --name initrd http://{host}/boot/files/initramfs?mac=52-54-00-12-34-56\n"
+    )));
+    assert!(script.ends_with("boot\n"));
+    assert_eq!(
+        h.known.recv().await,
+        Some(mac_a),
+        "DHCP is told about the new node"
+    );
+    let node = h.store.node(mac_a).await.unwrap().expect("node created");
+    assert_eq!(node.state, NodeState::Discovered);
+
+    // The agent registers with its node token.
+    let resp = h
+        .client
+        .post(h.url(&format!("/api/v1/agent/{MAC_A}/register")))
+        .bearer_auth(&token_a)
+        .json(&RegisterRequest {
+            hardware: hardware(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let node: Node = resp.json().await.unwrap();
+    assert_eq!((node.mac, node.hardware), (mac_a, Some(hardware())));
+    assert_eq!(
+        h.known.recv().await,
+        Some(mac_a),
+        "DHCP is told about the registered node"
+    );
+
+    let resp = h
+        .client
+        .post(h.url(&format!("/api/v1/agent/{MAC_A}/events")))
+        .bearer_auth(&token_a)
+        .json(&EventReport {
+            phase: Phase::Agent,
+            level: Level::Info,
+            message: "network up".into(),
+            uptime_secs: Some(3.5),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    // The node sees itself; the admin sees everything.
+    let resp = h
+        .get(&format!("/api/v1/nodes/{MAC_A}"), Some(&token_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let detail: NodeDetail = resp.json().await.unwrap();
+    assert_eq!(
+        phases(&detail.events),
+        vec![Phase::IpxeScript, Phase::AgentRegistered, Phase::Agent]
+    );
+    assert_eq!(
+        detail.events[1].message,
+        "registered: bios, 2 disks, 1 nic, 1024 MiB"
+    );
+
+    let (_, token_b) = h.script(MAC_B).await;
+    let token_b = token_b.unwrap();
+    let resp = h.get("/api/v1/nodes", Some(&h.admin)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let nodes: Vec<Node> = resp.json().await.unwrap();
+    let macs: Vec<String> = nodes.iter().map(|n| n.mac.to_string()).collect();
+    assert_eq!(macs, vec![MAC_A, MAC_B]);
+    let resp = h
+        .get(&format!("/api/v1/nodes/{MAC_A}/events"), Some(&h.admin))
+        .send()
+        .await
+        .unwrap();
+    let events: Vec<Event> = resp.json().await.unwrap();
+    assert_eq!(
+        phases(&events),
+        vec![Phase::IpxeScript, Phase::AgentRegistered, Phase::Agent]
+    );
+
+    // Node A's token reaches nothing of node B and no admin route.
+    for path in [
+        format!("/api/v1/nodes/{MAC_B}"),
+        format!("/api/v1/nodes/{MAC_B}/events"),
+        "/api/v1/nodes".into(),
+    ] {
+        let (status, error) = error_of(h.get(&path, Some(&token_a)).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {error}");
+    }
+    let resp = h
+        .client
+        .post(h.url(&format!("/api/v1/agent/{MAC_B}/register")))
+        .bearer_auth(&token_a)
+        .json(&RegisterRequest {
+            hardware: hardware(),
+        })
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(resp).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error.contains(MAC_A) && error.contains(MAC_B), "{error}");
+    let resp = h
+        .client
+        .put(h.url(&format!("/api/v1/nodes/{MAC_A}/state")))
+        .bearer_auth(&token_a)
+        .json(&SetState {
+            state: NodeState::Provisioned,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // No token, a malformed header, an unknown token: 401.
+    let resp = h.get("/api/v1/nodes", None).send().await.unwrap();
+    assert_eq!(
+        resp.headers().get(WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    assert_eq!(error_of(resp).await.0, StatusCode::UNAUTHORIZED);
+    let resp = h
+        .client
+        .get(h.url("/api/v1/nodes"))
+        .header(AUTHORIZATION, "Basic Zm9vOmJhcg==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::UNAUTHORIZED);
+    let resp = h
+        .get(&format!("/api/v1/nodes/{MAC_A}"), Some(&"0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::UNAUTHORIZED);
+
+    // The admin marks node A provisioned: its next boot is the local disk, and the
+    // per-boot token it had is void.
+    let resp = h
+        .client
+        .put(h.url(&format!("/api/v1/nodes/{MAC_A}/state")))
+        .bearer_auth(&h.admin)
+        .json(&SetState {
+            state: NodeState::Provisioned,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.json::<Node>().await.unwrap().state,
+        NodeState::Provisioned
+    );
+    let (script, token) = h.script(MAC_A).await;
+    assert_eq!(token, None);
+    assert!(
+        script.contains("iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80\n"),
+        "{script}"
+    );
+    let events = h.store.events(mac_a).await.unwrap();
+    assert!(
+        events.last().unwrap().message.contains("local disk"),
+        "{events:?}"
+    );
+    let resp = h
+        .get(&format!("/api/v1/nodes/{MAC_A}"), Some(&token_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Node B is untouched and its token still works.
+    let resp = h
+        .get(&format!("/api/v1/nodes/{MAC_B}"), Some(&token_b))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn boot_files_support_range_and_record_events() {
+    let h = start().await;
+    let resp = h
+        .get("/boot/files/vmlinuz?mac=52-54-00-12-34-56", None)
+        .header(RANGE, "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.headers()[CONTENT_RANGE], "bytes 100-199/4096");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &h.kernel[100..200]);
+
+    let resp = h
+        .get("/boot/files/vmlinuz?mac=52:54:00:12:34:56", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &h.kernel[..]);
+
+    let resp = h
+        .client
+        .head(h.url("/boot/files/initramfs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[CONTENT_LENGTH], "15");
+    let resp = h
+        .get("/boot/files/initramfs?mac=52-54-00-12-34-56", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"initramfs bytes");
+    // No event without a valid mac, but the file is still served.
+    let resp = h
+        .get("/boot/files/initramfs?mac=nonsense", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let events = h.store.events(MAC_A.parse().unwrap()).await.unwrap();
+    let summary: Vec<(Phase, &str)> = events
+        .iter()
+        .map(|e| (e.phase, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Phase::Kernel, "vmlinuz served, bytes 100-199/4096"),
+            (Phase::Kernel, "vmlinuz served, 4096 bytes"),
+            (Phase::Initramfs, "initramfs served, 15 bytes"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let h = start().await;
+    let (_, token) = h.script(MAC_A).await;
+    let token = token.unwrap();
+    let register = format!("/api/v1/agent/{MAC_A}/register");
+
+    let post = |body: &'static str, content_type: Option<&'static str>| {
+        let rb = h
+            .client
+            .post(h.url(&register))
+            .bearer_auth(&token)
+            .body(body);
+        match content_type {
+            Some(ct) => rb.header(CONTENT_TYPE, ct),
+            None => rb,
+        }
+    };
+    let (status, error) = error_of(
+        post("{\"hardware\": ", Some("application/json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error.contains("EOF"), "{error}");
+    let (status, error) = error_of(
+        post("{\"hardware\": 5}", Some("application/json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.contains("hardware"), "{error}");
+    let (status, _) = error_of(post("{}", None).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = vec![b' '; http::BODY_LIMIT + 1];
+    let resp = h
+        .client
+        .post(h.url(&register))
+        .bearer_auth(&token)
+        .header(CONTENT_TYPE, "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Bad or unknown MACs, bad scripts names and Host headers.
+    let resp = h
+        .get("/api/v1/nodes/not-a-mac", Some(&h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
+    let resp = h
+        .get("/api/v1/nodes/00:00:00:00:00:09", Some(&h.admin))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(resp).await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::NOT_FOUND, "no node 00:00:00:00:00:09")
+    );
+    let resp = h
+        .get("/boot/zz-54-00-12-34-56.ipxe", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
+    let resp = h
+        .get("/boot/52-54-00-12-34-56.efi", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::NOT_FOUND);
+    let resp = h
+        .get("/boot/52-54-00-12-34-56.ipxe", None)
+        .header(HOST, "evil host\tkernel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
+    let resp = h
+        .get("/api/v1/nothing", Some(&h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.0, StatusCode::NOT_FOUND);
+
+    // Nothing above touched the database beyond the one script fetch.
+    let events = h.store.events(MAC_A.parse().unwrap()).await.unwrap();
+    assert_eq!(phases(&events), vec![Phase::IpxeScript]);
+}
