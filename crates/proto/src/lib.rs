@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod hardware;
+pub mod image;
+pub mod layout;
 pub mod mac;
+pub mod mcast;
 
 pub use api::*;
 pub use hardware::*;

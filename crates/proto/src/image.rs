@@ -1,0 +1,1 @@
+//! Image manifests: an image version as an ordered list of content-addressed chunks.

@@ -1,0 +1,1 @@
+//! Multicast session descriptions the appliance hands to receivers.
