@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use metalcast_proto::{MacAddr, NodeState};
 
 mod client;
+mod layout;
 mod render;
 
 use client::Client;
@@ -32,6 +33,9 @@ enum Command {
     /// Nodes the appliance knows.
     #[command(subcommand)]
     Nodes(NodesCommand),
+    /// Disk layouts, checked locally (no appliance needed).
+    #[command(subcommand)]
+    Layout(layout::LayoutCommand),
 }
 
 #[derive(Subcommand)]
@@ -62,16 +66,18 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let nodes = match cli.command {
+        Command::Layout(command) => return layout::run(command),
+        Command::Nodes(command) => command,
+    };
     let token = cli
         .token
         .context("no API token: pass --token or set METALCAST_TOKEN (make one with `metalcastd token create`)")?;
     let client = Client::new(&cli.url, &token);
-    match cli.command {
-        Command::Nodes(NodesCommand::List { json }) => nodes_list(&client, json),
-        Command::Nodes(NodesCommand::Show { mac, json }) => nodes_show(&client, mac, json),
-        Command::Nodes(NodesCommand::SetState { mac, state }) => {
-            nodes_set_state(&client, mac, state)
-        }
+    match nodes {
+        NodesCommand::List { json } => nodes_list(&client, json),
+        NodesCommand::Show { mac, json } => nodes_show(&client, mac, json),
+        NodesCommand::SetState { mac, state } => nodes_set_state(&client, mac, state),
     }
 }
 
