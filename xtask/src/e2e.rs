@@ -13,6 +13,7 @@ use clap::ValueEnum;
 use metalcast_proto::{Firmware, MacAddr, NodeDetail, Phase};
 
 use crate::initramfs::{self, BootArtifacts};
+use crate::workspace;
 use crate::lab::{self, APPLIANCE_IP, Appliance, Binaries, Netns, Vm, VmSpec, lab_mac, wait_for};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +122,7 @@ pub struct Setup<'a> {
 pub fn appliance_config(ctx: &Ctx, setup: &Setup) -> String {
     let mut cfg = String::new();
     let _ = writeln!(cfg, "data_dir = {:?}", setup.dir.join("data"));
+    let _ = writeln!(cfg, "layouts_dir = {:?}", workspace::root().join("layouts"));
     let _ = writeln!(cfg, "\n[http]\nlisten = \"0.0.0.0:8080\"");
     let _ = writeln!(
         cfg,

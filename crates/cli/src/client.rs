@@ -1,6 +1,8 @@
 //! The HTTP API client: one method per route the CLI uses.
 
-use metalcast_proto::{API_PREFIX, ApiError, MacAddr, Node, NodeDetail, NodeState, SetState};
+use metalcast_proto::{
+    API_PREFIX, ApiError, LayoutPlan, MacAddr, Node, NodeDetail, NodeSettings, NodeState, SetState,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -56,6 +58,14 @@ impl Client {
 
     pub fn set_state(&self, mac: MacAddr, state: NodeState) -> Result<Node, ClientError> {
         self.put(&format!("/nodes/{mac}/state"), &SetState { state })
+    }
+
+    pub fn update_node(&self, mac: MacAddr, settings: &NodeSettings) -> Result<Node, ClientError> {
+        self.put(&format!("/nodes/{mac}"), settings)
+    }
+
+    pub fn layout_plan(&self, mac: MacAddr) -> Result<LayoutPlan, ClientError> {
+        self.get(&format!("/nodes/{mac}/layout-plan"))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use metalcast_proto::{MacAddr, NodeState};
+use metalcast_proto::{MacAddr, NodeSettings, NodeState};
 
 mod client;
 mod layout;
@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Nodes the appliance knows.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "node")]
     Nodes(NodesCommand),
     /// Disk layouts, checked locally (no appliance needed).
     #[command(subcommand)]
@@ -55,6 +55,19 @@ enum NodesCommand {
     },
     /// Set a node's state (discovered, provisioning, provisioned).
     SetState { mac: MacAddr, state: NodeState },
+    /// Change a node's settings; a MAC the appliance has not seen yet is enrolled.
+    Set {
+        mac: MacAddr,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Name of a layout in the appliance's layouts directory.
+        #[arg(long)]
+        layout: Option<String>,
+        #[arg(long)]
+        state: Option<NodeState>,
+    },
+    /// Dry run: the node's layout planned against its registered disks.
+    Plan { mac: MacAddr },
 }
 
 fn main() {
@@ -78,6 +91,30 @@ fn run(cli: Cli) -> Result<()> {
         NodesCommand::List { json } => nodes_list(&client, json),
         NodesCommand::Show { mac, json } => nodes_show(&client, mac, json),
         NodesCommand::SetState { mac, state } => nodes_set_state(&client, mac, state),
+        NodesCommand::Set {
+            mac,
+            hostname,
+            layout,
+            state,
+        } => {
+            let settings = NodeSettings {
+                hostname,
+                layout,
+                state,
+            };
+            anyhow::ensure!(
+                settings != NodeSettings::default(),
+                "nothing to set: give --hostname, --layout or --state"
+            );
+            let node = client.update_node(mac, &settings)?;
+            print!("{}", render::node_settings(&node));
+            Ok(())
+        }
+        NodesCommand::Plan { mac } => {
+            let plan = client.layout_plan(mac)?;
+            println!("layout {} on {mac}:\n{}", plan.layout, plan.plan.trim_end());
+            Ok(())
+        }
     }
 }
 

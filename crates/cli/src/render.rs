@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use metalcast_proto::layout::BlockDevice;
 use metalcast_proto::{Event, Node, NodeDetail, Phase};
 
 pub fn now_ms() -> i64 {
@@ -129,6 +130,36 @@ pub fn phase_timings(events: &[Event]) -> Vec<(Phase, f64)> {
     seen
 }
 
+/// What `nodes set` changed, as the appliance now has it.
+pub fn node_settings(node: &Node) -> String {
+    format!(
+        "{} state={} hostname={} layout={}\n",
+        node.mac,
+        node.state,
+        node.hostname.as_deref().unwrap_or("-"),
+        node.layout.as_deref().unwrap_or("-")
+    )
+}
+
+/// Indented `NAME TYPE SIZE FSTYPE LABEL MOUNTPOINT` lines, children under parents.
+fn block_lines(out: &mut String, devices: &[BlockDevice], depth: usize) {
+    for d in devices {
+        let _ = writeln!(
+            out,
+            "  {:indent$}{} {} {} {} {} {}",
+            "",
+            d.name,
+            d.kind,
+            human_bytes(d.size_bytes),
+            d.fstype.as_deref().unwrap_or("-"),
+            d.label.as_deref().unwrap_or("-"),
+            d.mountpoint.as_deref().unwrap_or("-"),
+            indent = depth * 2
+        );
+        block_lines(out, &d.children, depth + 1);
+    }
+}
+
 pub fn node_detail(detail: &NodeDetail) -> String {
     let node = &detail.node;
     let mut out = String::new();
@@ -136,6 +167,7 @@ pub fn node_detail(detail: &NodeDetail) -> String {
     let _ = writeln!(out, "state     {}", node.state);
     let _ = writeln!(out, "hostname  {}", node.hostname.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "ip        {}", node.ip.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "layout    {}", node.layout.as_deref().unwrap_or("-"));
     if let Some(hw) = &node.hardware {
         let _ = writeln!(out, "firmware  {}", hw.firmware);
         let _ = writeln!(
@@ -180,6 +212,10 @@ pub fn node_detail(detail: &NodeDetail) -> String {
                 n.driver.as_deref().unwrap_or("-")
             );
         }
+    }
+    if let Some(tree) = &detail.block_tree {
+        let _ = writeln!(out, "\nblock devices (as the agent last reported them):");
+        block_lines(&mut out, &tree.devices, 0);
     }
     let timings = phase_timings(&detail.events);
     if !timings.is_empty() {
@@ -241,6 +277,7 @@ mod tests {
             hostname: None,
             ip: Some("10.0.0.5".into()),
             hardware,
+            layout: None,
             first_seen_ms: 0,
             last_seen_ms: 1_000,
         }

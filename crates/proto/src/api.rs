@@ -6,11 +6,19 @@
 //! - `GET /api/v1/nodes` — answer `Vec<Node>`; admin token.
 //! - `GET /api/v1/nodes/{mac}` — answer [`NodeDetail`]; admin token (or that node's token).
 //! - `PUT /api/v1/nodes/{mac}/state` — body [`SetState`], answer [`Node`]; admin token.
+//! - `PUT /api/v1/nodes/{mac}` — body [`NodeSettings`], answer [`Node`]; admin token. Creates
+//!   the node when its MAC is new, so nodes can be enrolled before they first boot.
+//! - `GET /api/v1/nodes/{mac}/layout-plan` — answer [`LayoutPlan`] (dry run of the node's
+//!   layout against its registered disks), 422 with the planner's message; admin token.
+//! - `GET /api/v1/agent/{mac}/plan` — answer [`AgentPlan`]; node token.
+//! - `POST /api/v1/agent/{mac}/block-tree` — body [`crate::layout::BlockTree`], answer 204;
+//!   node token.
 //!
 //! Errors come back as [`ApiError`] with a 4xx/5xx status.
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::BlockTree;
 use crate::{Hardware, MacAddr};
 
 /// Where a node stands in its life cycle.
@@ -144,6 +152,8 @@ pub struct Node {
     /// Address from the appliance's lease table, if it leased one.
     pub ip: Option<String>,
     pub hardware: Option<Hardware>,
+    /// Name of the disk layout assigned to the node (a file in the appliance's layouts dir).
+    pub layout: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
@@ -153,7 +163,48 @@ pub struct Node {
 pub struct NodeDetail {
     #[serde(flatten)]
     pub node: Node,
+    /// The disks as the agent last reported them after applying a layout.
+    pub block_tree: Option<BlockTree>,
     pub events: Vec<Event>,
+}
+
+/// Changes to a node; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NodeState>,
+}
+
+/// A layout by name with its TOML text, as stored on the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedLayout {
+    pub name: String,
+    pub toml: String,
+}
+
+/// What the agent is to do on this boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPlan {
+    pub state: NodeState,
+    pub hostname: Option<String>,
+    /// The layout to apply; `None` leaves the disks alone. The agent plans it against the
+    /// disks it sees (the planner is pure, so the appliance's dry run gives the same plan for
+    /// the same disks) with the node's MAC as the seed for generated identifiers.
+    pub layout: Option<NamedLayout>,
+    /// Whether the disks may be wiped: only a node marked `provisioning` may lose data.
+    pub may_wipe: bool,
+}
+
+/// A dry run of a node's layout against its registered disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutPlan {
+    pub layout: String,
+    /// The plan as the planner renders it for people.
+    pub plan: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use crate::http::BootFiles;
 use crate::ra::{self, Prefix};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/metalcast";
+pub const DEFAULT_LAYOUTS_DIR: &str = "/etc/metalcast/layouts";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_KERNEL_ARGS: &str = "console=ttyS0,115200 console=tty0";
 /// Where Debian's `ipxe` package puts undionly.kpxe, ipxe.efi and snponly.efi.
@@ -33,6 +34,8 @@ const MAX_IFNAME: usize = 15;
 pub struct ConfigFile {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    #[serde(default = "default_layouts_dir")]
+    pub layouts_dir: PathBuf,
     #[serde(default)]
     pub http: HttpFile,
     pub boot: BootFile,
@@ -99,6 +102,10 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
 
+fn default_layouts_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_LAYOUTS_DIR)
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_HTTP_PORT))
 }
@@ -136,6 +143,8 @@ fn tftp_section<'de, D: Deserializer<'de>>(d: D) -> Result<TftpConfig, D::Error>
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Disk layouts by name: `layouts_dir/NAME.toml`.
+    pub layouts_dir: PathBuf,
     pub http_listen: SocketAddr,
     pub boot: BootFiles,
     pub tftp: TftpConfig,
@@ -245,6 +254,7 @@ impl Config {
             None
         };
         Ok(Config {
+            layouts_dir: base.join(&file.layouts_dir),
             data_dir,
             http_listen: file.http.listen,
             boot: BootFiles {

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use metalcast_server::boot::Services;
 use metalcast_server::config::Config;
 use metalcast_server::http::{self, AppState, now_ms};
+use metalcast_server::layouts::Layouts;
 use metalcast_server::store::Store;
 use metalcast_server::tftp_root;
 use tokio::signal::unix::{SignalKind, signal};
@@ -130,6 +131,9 @@ async fn serve(path: &Path) -> Result<()> {
         store,
         boot: config.boot.clone(),
         known_nodes: services.known_nodes.clone(),
+        layouts: Layouts {
+            dir: config.layouts_dir.clone(),
+        },
     });
     let mut services_list = vec![format!("http on {http_addr}")];
     services_list.extend(services.started.iter().cloned());

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use metalcast_proto::{Event, Hardware, Level, MacAddr, Node, NodeState, Phase};
+use metalcast_proto::layout::BlockTree;
+use metalcast_proto::{Event, Hardware, Level, MacAddr, Node, NodeSettings, NodeState, Phase};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -257,6 +258,72 @@ impl Store {
         Ok(node)
     }
 
+    /// Applies the fields that are set, creating the node (as `discovered`) if it is new, so
+    /// an operator can enrol a MAC before the machine first boots.
+    pub async fn update_node(
+        &self,
+        mac: MacAddr,
+        settings: &NodeSettings,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (mac, state, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (mac) DO NOTHING",
+        )
+        .bind(mac.to_string())
+        .bind(NodeState::Discovered.as_str())
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE nodes SET hostname = COALESCE(?, hostname), layout = COALESCE(?, layout), \
+             state = COALESCE(?, state) WHERE mac = ?",
+        )
+        .bind(settings.hostname.as_deref())
+        .bind(settings.layout.as_deref())
+        .bind(settings.state.map(NodeState::as_str))
+        .bind(mac.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let node = node_in(&mut tx, mac).await?.ok_or(StoreError::Corrupt {
+            table: "nodes",
+            detail: format!("node {mac} vanished inside its own transaction"),
+        })?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    /// Stores the block tree the agent reported; `false` if there is no such node.
+    pub async fn set_block_tree(&self, mac: MacAddr, tree: &BlockTree) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(tree).map_err(|e| StoreError::Corrupt {
+            table: "nodes",
+            detail: format!("block tree does not encode as JSON: {e}"),
+        })?;
+        let done = sqlx::query("UPDATE nodes SET block_tree = ? WHERE mac = ?")
+            .bind(json)
+            .bind(mac.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn block_tree(&self, mac: MacAddr) -> Result<Option<BlockTree>, StoreError> {
+        let json: Option<Option<String>> =
+            sqlx::query_scalar("SELECT block_tree FROM nodes WHERE mac = ?")
+                .bind(mac.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        json.flatten()
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                table: "nodes",
+                detail: format!("block tree JSON: {e}"),
+            })
+    }
+
     pub async fn node(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let node = node_in(&mut tx, mac).await?;
@@ -354,8 +421,8 @@ impl Store {
     }
 }
 
-const NODE_SELECT: &str = "SELECT n.mac, n.state, n.hostname, n.hardware, n.first_seen_ms, \
-     n.last_seen_ms, l.ip FROM nodes n LEFT JOIN leases l ON l.mac = n.mac";
+const NODE_SELECT: &str = "SELECT n.mac, n.state, n.hostname, n.hardware, n.layout, \
+     n.first_seen_ms, n.last_seen_ms, l.ip FROM nodes n LEFT JOIN leases l ON l.mac = n.mac";
 
 async fn node_in(
     tx: &mut Transaction<'_, Sqlite>,
@@ -415,6 +482,7 @@ fn node_from_row(row: &SqliteRow) -> Result<Node, StoreError> {
             .map(|json| serde_json::from_str(&json))
             .transpose()
             .map_err(|e| corrupt(format!("hardware JSON: {e}")))?,
+        layout: row.try_get("layout")?,
         first_seen_ms: row.try_get("first_seen_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
     })

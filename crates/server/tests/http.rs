@@ -1,11 +1,13 @@
 //! The HTTP application end to end over a real socket: boot script → node token → agent
 //! registration → admin API → provisioned → local-disk script; auth, Range and bad bodies.
 
+use metalcast_proto::layout::{BlockDevice, BlockTree};
 use metalcast_proto::{
-    ApiError, Cpu, Disk, Dmi, Event, EventReport, Firmware, Hardware, Level, MacAddr, Nic, Node,
-    NodeDetail, NodeState, Phase, RegisterRequest, SetState,
+    AgentPlan, ApiError, Cpu, Disk, Dmi, Event, EventReport, Firmware, Hardware, LayoutPlan, Level,
+    MacAddr, Nic, Node, NodeDetail, NodeState, Phase, RegisterRequest, SetState,
 };
 use metalcast_server::http::{self, AppState, BootFiles};
+use metalcast_server::layouts::Layouts;
 use metalcast_server::store::Store;
 use reqwest::StatusCode;
 use reqwest::header::{
@@ -48,6 +50,9 @@ async fn start() -> Harness {
             kernel_args: "console=ttyS0,115200".into(),
         },
         known_nodes: Some(known_tx),
+        layouts: Layouts {
+            dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../../layouts").into(),
+        },
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -489,4 +494,142 @@ async fn bad_requests_get_clear_errors() {
     // Nothing above touched the database beyond the one script fetch.
     let events = h.store.events(MAC_A.parse().unwrap()).await.unwrap();
     assert_eq!(phases(&events), vec![Phase::IpxeScript]);
+}
+
+#[tokio::test]
+async fn layouts_are_assigned_dry_run_and_handed_to_the_agent() {
+    let h = start().await;
+    let put = |mac: &str, body: serde_json::Value| {
+        h.client
+            .put(h.url(&format!("/api/v1/nodes/{mac}")))
+            .header(AUTHORIZATION, format!("Bearer {}", h.admin))
+            .json(&body)
+            .send()
+    };
+    // Enrolled before it ever booted.
+    let resp = put(
+        MAC_A,
+        serde_json::json!({"layout": "single-bios", "hostname": "node-a"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let node: Node = resp.json().await.unwrap();
+    assert_eq!(node.layout.as_deref(), Some("single-bios"));
+    assert_eq!(node.hostname.as_deref(), Some("node-a"));
+    assert_eq!(node.state, NodeState::Discovered);
+
+    for (body, status, needle) in [
+        (
+            serde_json::json!({"layout": "../x"}),
+            StatusCode::BAD_REQUEST,
+            "not valid",
+        ),
+        (
+            serde_json::json!({"layout": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "no layout \"nope\"",
+        ),
+        (
+            serde_json::json!({"hostname": "bad_name"}),
+            StatusCode::BAD_REQUEST,
+            "hostname",
+        ),
+    ] {
+        let (got, message) = error_of(put(MAC_A, body).await.unwrap()).await;
+        assert_eq!(got, status, "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+
+    let dry = |mac: &str| {
+        h.get(&format!("/api/v1/nodes/{mac}/layout-plan"), Some(&h.admin))
+            .send()
+    };
+    let (status, message) = error_of(dry(MAC_A).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("has not registered"), "{message}");
+
+    let (_, token) = h.script(MAC_A).await;
+    let token = token.expect("agent script carries a token");
+    let resp = h
+        .client
+        .post(h.url(&format!("/api/v1/agent/{MAC_A}/register")))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .json(&RegisterRequest {
+            hardware: hardware(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let plan: LayoutPlan = dry(MAC_A).await.unwrap().json().await.unwrap();
+    assert_eq!(plan.layout, "single-bios");
+    assert!(plan.plan.contains("/dev/vda"), "{}", plan.plan);
+
+    let agent_plan = || {
+        h.get(&format!("/api/v1/agent/{MAC_A}/plan"), Some(&token))
+            .send()
+    };
+    let p: AgentPlan = agent_plan().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        p.layout.as_ref().map(|l| l.name.as_str()),
+        Some("single-bios")
+    );
+    assert!(!p.may_wipe, "a discovered node must not be wiped");
+    put(MAC_A, serde_json::json!({"state": "provisioning"}))
+        .await
+        .unwrap();
+    let p: AgentPlan = agent_plan().await.unwrap().json().await.unwrap();
+    assert!(p.may_wipe);
+    // Another node's token cannot read this plan.
+    let (_, token_b) = h.script(MAC_B).await;
+    let resp = h
+        .get(&format!("/api/v1/agent/{MAC_A}/plan"), token_b.as_deref())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // A layout that cannot fit this node's disks is refused with the planner's message.
+    put(MAC_A, serde_json::json!({"layout": "raid10-xfs"}))
+        .await
+        .unwrap();
+    let (status, message) = error_of(dry(MAC_A).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(message.contains("does not fit"), "{message}");
+
+    let tree = BlockTree {
+        devices: vec![BlockDevice {
+            name: "vda".into(),
+            path: "/dev/vda".into(),
+            size_bytes: 8 << 30,
+            kind: "disk".into(),
+            fstype: None,
+            pttype: Some("gpt".into()),
+            label: None,
+            uuid: None,
+            partlabel: None,
+            mountpoint: None,
+            children: vec![],
+        }],
+        ..BlockTree::default()
+    };
+    let resp = h
+        .client
+        .post(h.url(&format!("/api/v1/agent/{MAC_A}/block-tree")))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .json(&tree)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let detail: NodeDetail = h
+        .get(&format!("/api/v1/nodes/{MAC_A}"), Some(&h.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail.block_tree, Some(tree));
 }

@@ -5,9 +5,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
+use metalcast_proto::layout::BlockTree;
 use metalcast_proto::{
-    Event, EventReport, Hardware, Level, Node, NodeDetail, Phase, RegisterRequest, SetState,
+    AgentPlan, Event, EventReport, Hardware, LayoutPlan, Level, MacAddr, Node, NodeDetail,
+    NodeSettings, NodeState, Phase, RegisterRequest, SetState,
 };
+
+use crate::layouts::LayoutsError;
 
 use super::{AdminOnly, ApiJson, Failure, NodeRoute, SharedState, now_ms};
 
@@ -19,7 +23,10 @@ pub fn routes() -> Router<SharedState> {
         .route("/agent/{mac}/register", post(register))
         .route("/agent/{mac}/events", post(report_event))
         .route("/nodes", get(list_nodes))
-        .route("/nodes/{mac}", get(show_node))
+        .route("/agent/{mac}/plan", get(agent_plan))
+        .route("/agent/{mac}/block-tree", post(report_block_tree))
+        .route("/nodes/{mac}", get(show_node).put(update_node))
+        .route("/nodes/{mac}/layout-plan", get(layout_plan))
         .route("/nodes/{mac}/state", put(set_state))
         .route("/nodes/{mac}/events", get(node_events))
 }
@@ -86,7 +93,12 @@ async fn show_node(
 ) -> Result<Json<NodeDetail>, Failure> {
     let node = state.store.node(mac).await?.ok_or_else(|| no_node(mac))?;
     let events = state.store.events(mac).await?;
-    Ok(Json(NodeDetail { node, events }))
+    let block_tree = state.store.block_tree(mac).await?;
+    Ok(Json(NodeDetail {
+        node,
+        block_tree,
+        events,
+    }))
 }
 
 async fn node_events(
@@ -113,7 +125,125 @@ async fn set_state(
     Ok(Json(node))
 }
 
-fn no_node(mac: metalcast_proto::MacAddr) -> Failure {
+async fn update_node(
+    State(state): State<SharedState>,
+    _: AdminOnly,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+    ApiJson(body): ApiJson<NodeSettings>,
+) -> Result<Json<Node>, Failure> {
+    let mac = super::parse_mac(&mac)?;
+    if let Some(hostname) = &body.hostname {
+        check_hostname(hostname).map_err(Failure::bad_request)?;
+    }
+    if let Some(name) = &body.layout {
+        // Refuse now what the agent could not use later.
+        state.layouts.load(name).map_err(layout_failure)?;
+    }
+    let node = state.store.update_node(mac, &body, now_ms()).await?;
+    tracing::info!(%mac, ?body, "node settings changed");
+    state.announce(mac).await;
+    Ok(Json(node))
+}
+
+/// The node's layout planned against its registered disks, as the agent will plan it.
+async fn layout_plan(
+    State(state): State<SharedState>,
+    _: AdminOnly,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+) -> Result<Json<LayoutPlan>, Failure> {
+    let mac = super::parse_mac(&mac)?;
+    let node = state.store.node(mac).await?.ok_or_else(|| no_node(mac))?;
+    let name = node
+        .layout
+        .ok_or_else(|| Failure::new(StatusCode::CONFLICT, format!("node {mac} has no layout")))?;
+    let hardware = node.hardware.ok_or_else(|| {
+        Failure::new(
+            StatusCode::CONFLICT,
+            format!("node {mac} has not registered its disks yet; boot it once"),
+        )
+    })?;
+    let (_, layout) = state.layouts.load(&name).map_err(layout_failure)?;
+    let plan = metalcast_layout::plan(
+        &layout,
+        &hardware.disks,
+        hardware.firmware,
+        &mac.to_string(),
+    )
+    .map_err(|e| {
+        Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("layout {name:?} does not fit node {mac}: {e}"),
+        )
+    })?;
+    Ok(Json(LayoutPlan {
+        layout: name,
+        plan: plan.to_string(),
+    }))
+}
+
+async fn agent_plan(
+    State(state): State<SharedState>,
+    NodeRoute(mac): NodeRoute,
+) -> Result<Json<AgentPlan>, Failure> {
+    let node = state.store.node(mac).await?.ok_or_else(|| no_node(mac))?;
+    let layout = match &node.layout {
+        Some(name) => Some(state.layouts.load(name).map_err(layout_failure)?.0),
+        None => None,
+    };
+    Ok(Json(AgentPlan {
+        state: node.state,
+        hostname: node.hostname,
+        layout,
+        may_wipe: node.state == NodeState::Provisioning,
+    }))
+}
+
+async fn report_block_tree(
+    State(state): State<SharedState>,
+    NodeRoute(mac): NodeRoute,
+    ApiJson(tree): ApiJson<BlockTree>,
+) -> Result<StatusCode, Failure> {
+    if !state.store.set_block_tree(mac, &tree).await? {
+        return Err(no_node(mac));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn layout_failure(e: LayoutsError) -> Failure {
+    match e {
+        LayoutsError::Read { .. } => {
+            tracing::error!(error = %super::error_chain(&e), "reading a layout");
+            Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        LayoutsError::Invalid { .. } => {
+            Failure::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        LayoutsError::BadName(_) | LayoutsError::Missing { .. } => {
+            Failure::bad_request(e.to_string())
+        }
+    }
+}
+
+/// A host name as RFC 1123 allows: dot-separated labels of letters, digits and hyphens.
+fn check_hostname(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "hostname {name:?} is not valid: dot-separated labels of letters, digits and '-', \
+             each at most 63 characters"
+        ))
+    }
+}
+
+fn no_node(mac: MacAddr) -> Failure {
     Failure::not_found(format!("no node {mac}"))
 }
 

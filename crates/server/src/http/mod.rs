@@ -19,6 +19,7 @@ use metalcast_proto::{ApiError, MacAddr};
 use tokio::sync::mpsc;
 
 use crate::auth::{Access, Principal, authorize, bearer_token};
+use crate::layouts::Layouts;
 use crate::store::{Store, StoreError};
 
 /// Largest request body the API accepts; a hardware report is a few KiB.
@@ -41,6 +42,7 @@ pub struct AppState {
     /// Told about every node the appliance creates or registers (the DHCP service needs
     /// to know them when it ignores unknown MACs). `None` when nobody listens.
     pub known_nodes: Option<mpsc::Sender<MacAddr>>,
+    pub layouts: Layouts,
 }
 
 impl AppState {
