@@ -11,7 +11,7 @@ use metalcast_proto::Firmware;
 
 use crate::e2e::{self, Ctx, Setup};
 use crate::initramfs;
-use crate::lab::{self, APPLIANCE_IP, Appliance, Netns, Vm, VmSpec, lab_mac, wait_for};
+use crate::lab::{self, APPLIANCE_IP, Appliance, DiskBus, Netns, Vm, VmSpec, lab_mac, wait_for};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FirmwareArg {
@@ -63,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         firmware,
         tap: "tap0".into(),
         disks_gib: vec![8, 4],
+        disk_bus: DiskBus::Virtio,
         memory_mib: 1024,
     };
     let mut vm = Vm::create(spec, &dir.join("node"))?;

@@ -308,6 +308,15 @@ fn parse_token(stdout: &str) -> Option<String> {
         .then(|| token.to_string())
 }
 
+/// How a VM's disks are attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// virtio-blk: `/dev/vdX`, reported as rotational.
+    Virtio,
+    /// NVMe: `/dev/nvmeXn1`, non-rotational like the drives it stands for.
+    Nvme,
+}
+
 /// What a lab VM looks like.
 pub struct VmSpec {
     pub name: String,
@@ -316,6 +325,7 @@ pub struct VmSpec {
     pub tap: String,
     /// Sizes of the virtual disks, in GiB (sparse qcow2 files).
     pub disks_gib: Vec<u64>,
+    pub disk_bus: DiskBus,
     pub memory_mib: u32,
 }
 
@@ -350,6 +360,12 @@ impl Vm {
             dir: dir.to_path_buf(),
             daemon: None,
         })
+    }
+
+    pub fn disk_paths(&self) -> Vec<PathBuf> {
+        (0..self.spec.disks_gib.len())
+            .map(|i| self.dir.join(format!("disk{i}.qcow2")))
+            .collect()
     }
 
     pub fn serial_log(&self) -> PathBuf {
@@ -401,6 +417,10 @@ impl Vm {
         }
         for i in 0..spec.disks_gib.len() {
             let disk = self.dir.join(format!("disk{i}.qcow2"));
+            let device = match spec.disk_bus {
+                DiskBus::Virtio => "virtio-blk-pci",
+                DiskBus::Nvme => "nvme",
+            };
             cmd.args([
                 "-drive",
                 &format!("file={},if=none,id=d{i},format=qcow2", disk.display()),
@@ -408,7 +428,7 @@ impl Vm {
             .args([
                 "-device",
                 &format!(
-                    "virtio-blk-pci,drive=d{i},serial={}-d{i},bootindex={}",
+                    "{device},drive=d{i},serial={}-d{i},bootindex={}",
                     spec.name,
                     i + 2
                 ),

@@ -20,7 +20,7 @@ pub fn run() -> Result<()> {
     ])?;
     cargo(&["test", "--workspace"])?;
     e2e::run(e2e::Args {
-        suite: e2e::Suite::Boot,
+        suites: vec![e2e::Suite::Boot],
     })
 }
 

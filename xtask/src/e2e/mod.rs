@@ -12,20 +12,27 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use metalcast_proto::{Firmware, MacAddr, NodeDetail, Phase};
 
+mod layout;
+
 use crate::initramfs::{self, BootArtifacts};
+use crate::lab::{
+    self, APPLIANCE_IP, Appliance, Binaries, DiskBus, Netns, Vm, VmSpec, lab_mac, wait_for,
+};
 use crate::workspace;
-use crate::lab::{self, APPLIANCE_IP, Appliance, Binaries, Netns, Vm, VmSpec, lab_mac, wait_for};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Suite {
     /// BIOS and UEFI network boot into the agent; local-disk handoff; proxyDHCP; relay.
     Boot,
+    /// Every example layout applied by the agent; re-provision; refuse to wipe; no fit.
+    Layout,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(value_enum, default_value = "boot")]
-    pub suite: Suite,
+    /// Suites to run; all of them when none is named.
+    #[arg(value_enum)]
+    pub suites: Vec<Suite>,
 }
 
 /// How long a TCG VM may take from power-on to a registered agent.
@@ -78,13 +85,21 @@ pub fn run(args: Args) -> Result<()> {
         bins: lab::build_binaries()?,
         boot: initramfs::build()?,
     };
-    let scenarios: &[(&str, Scenario)] = match args.suite {
-        Suite::Boot => &[
-            ("authoritative", authoritative),
-            ("proxy-dhcp", proxy_dhcp),
-            ("relay", relay),
-        ],
+    let suites = if args.suites.is_empty() {
+        Suite::value_variants().to_vec()
+    } else {
+        args.suites
     };
+    let scenarios = suites.iter().flat_map(|suite| -> &[(&str, Scenario)] {
+        match suite {
+            Suite::Boot => &[
+                ("authoritative", authoritative),
+                ("proxy-dhcp", proxy_dhcp),
+                ("relay", relay),
+            ],
+            Suite::Layout => &[("layouts", layout::scenario)],
+        }
+    });
     let mut report = Report::default();
     for (name, scenario) in scenarios {
         println!("e2e: scenario {name}");
@@ -153,12 +168,12 @@ range = ["10.77.0.100", "10.77.0.199"]
     )
 }
 
-fn url() -> String {
+pub fn url() -> String {
     format!("http://{APPLIANCE_IP}:8080")
 }
 
 /// An appliance namespace with `br0` at 10.77.0.1/24.
-fn appliance_netns() -> Result<Netns> {
+pub fn appliance_netns() -> Result<Netns> {
     let ns = Netns::create("appl")?;
     ns.bridge("br0", &format!("{APPLIANCE_IP}/24"))?;
     Ok(ns)
@@ -171,6 +186,7 @@ fn vm(name: &str, n: u8, firmware: Firmware, tap: &str) -> VmSpec {
         firmware,
         tap: tap.to_string(),
         disks_gib: vec![8, 4],
+        disk_bus: DiskBus::Virtio,
         memory_mib: 1024,
     }
 }
@@ -211,7 +227,7 @@ fn wait_registered(appliance: &mut Appliance, vms: &mut [&mut Vm]) -> Result<Vec
     })
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
