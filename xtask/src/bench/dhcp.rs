@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::{
-    CLIENT_IF, Link, SERVER_IF, appliance_config, appliance_url, cpu_time, fresh_dir, ratio,
-    wait_bounded,
+    CLIENT_IF, Link, Running, SERVER_IF, appliance_config, appliance_url, cpu_time, fresh_dir,
+    ratio, wait_bounded,
 };
 use crate::lab::{self, Appliance, Binaries, Daemon, wait_for};
 
@@ -114,21 +114,6 @@ fn search(env: &Env, server: Server) -> Result<Vec<Probe>> {
         search.record(rate, verdict == Verdict::Pass);
     }
     Ok(probes)
-}
-
-/// A server started on an empty store for one probe.
-enum Running<'a> {
-    Metalcastd(Box<Appliance<'a>>),
-    Peer(Daemon),
-}
-
-impl Running<'_> {
-    fn check_alive(&mut self) -> Result<()> {
-        match self {
-            Running::Metalcastd(appliance) => appliance.check_alive(),
-            Running::Peer(daemon) => daemon.check_alive(),
-        }
-    }
 }
 
 fn probe(env: &Env, server: Server, rate: u32) -> Result<Probe> {

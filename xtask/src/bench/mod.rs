@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
-use crate::lab::{self, Netns};
+use crate::lab::{self, Appliance, Daemon, Netns};
 
 mod dhcp;
 mod tftp;
@@ -88,6 +88,22 @@ impl Link {
     }
 }
 
+/// A server under test, stopped on drop.
+pub enum Running<'a> {
+    Metalcastd(Box<Appliance<'a>>),
+    /// dnsmasq, kea-dhcp4, tftpd-hpa.
+    Peer(Daemon),
+}
+
+impl Running<'_> {
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self {
+            Running::Metalcastd(appliance) => appliance.check_alive(),
+            Running::Peer(daemon) => daemon.check_alive(),
+        }
+    }
+}
+
 /// Removes `dir` if it exists and makes it again, empty.
 pub fn fresh_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
@@ -149,7 +165,8 @@ pub fn cpu_time(ns: &Netns) -> Result<Duration> {
     let out = lab::run(Command::new("ip").args(["netns", "pids", &ns.name]))?;
     let mut ticks = 0;
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        // A process may exit between the listing and the read: its time is then its parent's.
+        // A process may exit between the listing and the read; its parent has its time once
+        // it reaps it.
         if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
             ticks += stat_ticks(&stat).with_context(|| format!("reading /proc/{pid}/stat"))?;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{Link, appliance_config, appliance_url, fresh_dir, ratio, wait_bounded};
+use super::{Link, Running, appliance_config, appliance_url, fresh_dir, ratio, wait_bounded};
 use crate::lab::{self, Appliance, Binaries, Daemon, wait_for};
 
 const SERVER_CIDR: &str = "10.79.0.1/24";
@@ -115,21 +115,6 @@ struct Env {
     data: Vec<u8>,
 }
 
-/// A running server; stopped on drop.
-enum Running<'a> {
-    Metalcastd(Box<Appliance<'a>>),
-    TftpdHpa(Daemon),
-}
-
-impl Running<'_> {
-    fn check_alive(&mut self) -> Result<()> {
-        match self {
-            Running::Metalcastd(appliance) => appliance.check_alive(),
-            Running::TftpdHpa(daemon) => daemon.check_alive(),
-        }
-    }
-}
-
 fn start<'a>(env: &'a Env, server: Server, dir: &Path) -> Result<Running<'a>> {
     let ns = &env.link.server;
     match server {
@@ -138,7 +123,7 @@ fn start<'a>(env: &'a Env, server: Server, dir: &Path) -> Result<Running<'a>> {
             cmd.args(["--foreground", "--secure"])
                 .arg(&env.root)
                 .args(["--address", &format!("{SERVER_IP}:69")]);
-            Ok(Running::TftpdHpa(Daemon::spawn(
+            Ok(Running::Peer(Daemon::spawn(
                 "in.tftpd",
                 &mut cmd,
                 &dir.join("tftpd-hpa.log"),
