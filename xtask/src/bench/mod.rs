@@ -14,6 +14,7 @@ use clap::ValueEnum;
 
 use crate::lab::{self, Appliance, Daemon, Netns};
 
+mod boot;
 mod dhcp;
 mod tftp;
 
@@ -23,6 +24,8 @@ pub enum Target {
     Dhcp,
     /// 50 parallel `curl tftp://` fetches of a 30 MB file from metalcastd and from tftpd-hpa.
     Tftp,
+    /// Power-on → agent registered, BIOS and UEFI, with and without router advertisements.
+    Boot,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.target {
         Target::Dhcp => dhcp::run(),
         Target::Tftp => tftp::run(),
+        Target::Boot => boot::run(),
     }
 }
 

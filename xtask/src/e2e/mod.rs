@@ -179,7 +179,7 @@ pub fn appliance_netns() -> Result<Netns> {
     Ok(ns)
 }
 
-fn vm(name: &str, n: u8, firmware: Firmware, tap: &str) -> VmSpec {
+pub fn vm(name: &str, n: u8, firmware: Firmware, tap: &str) -> VmSpec {
     VmSpec {
         name: name.to_string(),
         mac: lab_mac(n),
@@ -192,7 +192,7 @@ fn vm(name: &str, n: u8, firmware: Firmware, tap: &str) -> VmSpec {
 }
 
 /// Waits until the agent on `vm` has registered, keeping an eye on QEMU and the appliance.
-fn wait_registered(appliance: &mut Appliance, vms: &mut [&mut Vm]) -> Result<Vec<NodeDetail>> {
+pub fn wait_registered(appliance: &mut Appliance, vms: &mut [&mut Vm]) -> Result<Vec<NodeDetail>> {
     let macs: Vec<MacAddr> = vms.iter().map(|v| v.spec.mac).collect();
     let mut done: Vec<Option<NodeDetail>> = vec![None; macs.len()];
     wait_for(
