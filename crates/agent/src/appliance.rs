@@ -3,18 +3,18 @@
 //! [`Appliance`] makes single calls and turns every answer into `Ok` or an [`ApiError`] that
 //! knows whether trying again can help; [`with_retry`] is the retry policy around a call.
 
-use std::error::Error as _;
 use std::time::Duration;
 
-use metalcast_proto::{API_PREFIX, EventReport, MacAddr, Node, NodeDetail, RegisterRequest};
+use metalcast_proto::layout::BlockTree;
+use metalcast_proto::{API_PREFIX, AgentPlan, EventReport, MacAddr, Node, RegisterRequest};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::backoff::Backoff;
 use crate::cmdline::BootParams;
 
-/// Larger answers are refused rather than buffered: a node detail carries its event list,
-/// which stays far below this.
+/// Larger answers are refused rather than buffered: the largest, a plan with its layout's
+/// text, stays far below this.
 const MAX_ANSWER_BYTES: u64 = 8 << 20;
 /// Most of an error body worth printing on a serial console.
 const MAX_MESSAGE_CHARS: usize = 200;
@@ -60,7 +60,7 @@ impl ApiError {
 }
 
 /// The error and all its sources on one line, as the console shows them.
-pub fn chain(err: &ApiError) -> String {
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -71,7 +71,8 @@ pub fn chain(err: &ApiError) -> String {
     out
 }
 
-/// A blocking client bound to one appliance and one node.
+/// A blocking client bound to one appliance and one node. Clones share the connection pool.
+#[derive(Clone)]
 pub struct Appliance {
     http: ureq::Agent,
     base: String,
@@ -125,15 +126,26 @@ impl Appliance {
         decode(&self.finish(answer)?)
     }
 
-    /// `GET /api/v1/nodes/{mac}`: this node as the appliance sees it.
-    pub fn node(&self) -> Result<NodeDetail, ApiError> {
-        let url = self.url(&format!("/nodes/{}", self.mac));
+    /// `GET /api/v1/agent/{mac}/plan`: what this boot is for.
+    pub fn plan(&self) -> Result<AgentPlan, ApiError> {
+        let url = self.url(&format!("/agent/{}/plan", self.mac));
         let answer = self
             .http
             .get(&url)
             .header("Authorization", &self.auth)
             .call();
         decode(&self.finish(answer)?)
+    }
+
+    /// `POST /api/v1/agent/{mac}/block-tree`: the disks as they are after a layout.
+    pub fn send_block_tree(&self, tree: &BlockTree) -> Result<(), ApiError> {
+        let url = self.url(&format!("/agent/{}/block-tree", self.mac));
+        let answer = self
+            .http
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_json(tree);
+        self.finish(answer).map(drop)
     }
 
     fn url(&self, route: &str) -> String {
@@ -221,7 +233,7 @@ pub fn with_retry<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn status_of(r: Result<Vec<u8>, ApiError>) -> (u16, String) {
@@ -310,7 +322,7 @@ mod tests {
             b"{\"mac\":\"nope\"}",
         ] {
             assert!(matches!(
-                decode::<NodeDetail>(body),
+                decode::<AgentPlan>(body),
                 Err(ApiError::BadBody(_))
             ));
         }
@@ -353,20 +365,31 @@ mod tests {
         assert_eq!(calls, 1);
     }
 
+    pub(crate) const NO_CONTENT: &str = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+
     /// A fake appliance on loopback: answers each connection with the next scripted raw
     /// response and records the requests it got.
-    struct FakeAppliance {
+    pub(crate) struct FakeAppliance {
         url: String,
-        requests: std::sync::mpsc::Receiver<String>,
+        pub(crate) requests: std::sync::mpsc::Receiver<String>,
     }
 
     impl FakeAppliance {
-        fn start(responses: Vec<&'static str>) -> Self {
+        pub(crate) fn start(responses: Vec<&'static str>) -> Self {
+            Self::start_after(|| {}, responses)
+        }
+
+        /// Accepts connections only once `gate` has returned (clients connect and wait).
+        pub(crate) fn start_after(
+            gate: impl FnOnce() + Send + 'static,
+            responses: Vec<&'static str>,
+        ) -> Self {
             use std::io::{BufRead, BufReader, Read, Write};
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let (tx, requests) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
+                gate();
                 for response in responses {
                     let (mut stream, _) = listener.accept().unwrap();
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -396,7 +419,7 @@ mod tests {
             Self { url, requests }
         }
 
-        fn client(&self) -> Appliance {
+        pub(crate) fn client(&self) -> Appliance {
             Appliance::new(&BootParams {
                 url: self.url.clone(),
                 token: "tok".to_string(),
@@ -465,12 +488,12 @@ mod tests {
     fn refusals_bad_json_and_cut_bodies_over_http() {
         let fake = FakeAppliance::start(vec![
             "HTTP/1.1 401 Unauthorized\r\nContent-Length: 25\r\nConnection: close\r\n\r\n{\"error\":\"invalid token\"}",
-            ok_json("{\"mac\": 12"),
-            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"mac\"",
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            ok_json("{\"state\": 12"),
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"state\"",
+            NO_CONTENT,
         ]);
         let api = fake.client();
-        match api.node() {
+        match api.plan() {
             Err(e @ ApiError::Status { status: 401, .. }) => {
                 assert!(!e.is_retryable());
                 assert!(e.to_string().contains("invalid token"), "{e}");
@@ -481,10 +504,10 @@ mod tests {
             fake.requests
                 .recv()
                 .unwrap()
-                .starts_with("GET /api/v1/nodes/52:54:00:12:34:56 HTTP/1.1\r\n")
+                .starts_with("GET /api/v1/agent/52:54:00:12:34:56/plan HTTP/1.1\r\n")
         );
-        assert!(matches!(api.node(), Err(ApiError::BadBody(_))));
-        let cut = api.node().unwrap_err();
+        assert!(matches!(api.plan(), Err(ApiError::BadBody(_))));
+        let cut = api.plan().unwrap_err();
         assert!(
             cut.is_retryable(),
             "a body cut short is worth another try: {cut:?}"
@@ -505,6 +528,55 @@ mod tests {
     }
 
     #[test]
+    fn fetches_the_plan_with_its_layout() {
+        let plan = AgentPlan {
+            state: metalcast_proto::NodeState::Provisioning,
+            hostname: Some("node1".into()),
+            layout: Some(metalcast_proto::NamedLayout {
+                name: "single-bios".into(),
+                toml: "[[disk]]\nname = \"sys\"\n".into(),
+            }),
+            may_wipe: true,
+        };
+        let body = serde_json::to_string(&plan).unwrap();
+        let fake = FakeAppliance::start(vec![ok_json(&body), ok_json(r#"{"state":"discovered"}"#)]);
+        let api = fake.client();
+        assert_eq!(api.plan().unwrap(), plan);
+        // Every field is part of the contract: a plan without them is not a plan.
+        assert!(matches!(api.plan(), Err(ApiError::BadBody(_))));
+    }
+
+    #[test]
+    fn posts_the_block_tree() {
+        let fake = FakeAppliance::start(vec![NO_CONTENT]);
+        let api = fake.client();
+        let tree = BlockTree {
+            devices: vec![metalcast_proto::layout::BlockDevice {
+                name: "vda".into(),
+                path: "/dev/vda".into(),
+                size_bytes: 1 << 30,
+                kind: "disk".into(),
+                fstype: None,
+                pttype: Some("gpt".into()),
+                label: None,
+                uuid: None,
+                partlabel: None,
+                mountpoint: None,
+                children: Vec::new(),
+            }],
+            ..BlockTree::default()
+        };
+        api.send_block_tree(&tree).unwrap();
+        let seen = fake.requests.recv().unwrap();
+        assert!(
+            seen.starts_with("POST /api/v1/agent/52:54:00:12:34:56/block-tree HTTP/1.1\r\n"),
+            "{seen}"
+        );
+        let body = seen.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(serde_json::from_str::<BlockTree>(body).unwrap(), tree);
+    }
+
+    #[test]
     fn nobody_listening_is_retryable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -514,7 +586,7 @@ mod tests {
             token: "t".into(),
             mac: "52:54:00:12:34:56".parse().unwrap(),
         });
-        let err = api.node().unwrap_err();
+        let err = api.plan().unwrap_err();
         assert!(matches!(err, ApiError::Unreachable(_)), "{err:?}");
         assert!(err.is_retryable());
     }

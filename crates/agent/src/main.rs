@@ -4,9 +4,11 @@
 //! the console the lab and operators read.
 
 mod appliance;
+mod apply;
 mod backoff;
 mod cmdline;
 mod discover;
+mod events;
 mod network;
 
 use std::convert::Infallible;
@@ -19,10 +21,13 @@ use metalcast_proto::{EventReport, Hardware, Level, Node, NodeState, Phase, Regi
 use tracing::{error, info, warn};
 
 use appliance::{ApiError, Appliance, chain, with_retry};
+use apply::Outcome;
 use backoff::Backoff;
 use cmdline::BootParams;
+use events::EventQueue;
 
-/// How often the node's record is read back once registered.
+/// How often the node's plan is read again once registered: an admin may assign a layout
+/// or mark the node for provisioning at any time.
 const POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause before asking again after the appliance refused a registration (4xx): long, since
 /// only a person can fix what it refused, but not forever, so the node recovers once they have.
@@ -57,16 +62,20 @@ fn run() -> anyhow::Result<Infallible> {
     let hardware = discover::hardware();
     log_hardware(&hardware);
 
+    let api = Appliance::new(&params);
     let mut agent = Agent {
-        api: Appliance::new(&params),
+        events: EventQueue::start(api.clone(), Backoff::for_api()),
+        api,
         backoff: Backoff::for_api(),
+        last: None,
     };
-    agent.report(Level::Info, "agent started".to_string(), started);
+    agent.report("agent started".to_string(), started);
     agent.report(
-        Level::Info,
         format!("network up on {} with {}", link.iface, link.addr),
         network_up,
     );
+    // The appliance hears of the boot before the registration, as it happened.
+    agent.events.flush();
 
     let node = agent.register(&hardware);
     eprintln!(
@@ -75,35 +84,30 @@ fn run() -> anyhow::Result<Infallible> {
         hardware.firmware,
         hardware.disks.len()
     );
-    agent.watch(node.map(|n| n.state))
+    if let Some(node) = &node {
+        info!("node state: {}", node.state);
+    }
+    agent.follow(node.map(|n| n.state))
 }
 
 /// The steps that talk to the appliance.
 struct Agent {
     api: Appliance,
+    events: EventQueue,
     backoff: Backoff,
+    /// What this boot did with a layout, so each assignment is acted on once.
+    last: Option<Outcome>,
 }
 
 impl Agent {
-    /// Records an event; an event the appliance refuses is logged and dropped, it never stops
-    /// the node.
-    fn report(&mut self, level: Level, message: String, uptime_secs: Option<f64>) {
-        let event = EventReport {
+    /// Queues an agent event taken at `uptime_secs`.
+    fn report(&self, message: String, uptime_secs: Option<f64>) {
+        self.events.push(EventReport {
             phase: Phase::Agent,
-            level,
+            level: Level::Info,
             message,
             uptime_secs,
-        };
-        let what = format!("sending event {:?}", event.message);
-        let sent = with_retry(&what, &mut self.backoff, &mut sleep, || {
-            self.api.send_event(&event)
         });
-        if let Err(e) = sent {
-            warn!("event {:?} not recorded: {}", event.message, chain(&e));
-            if let Some(hint) = e.hint() {
-                warn!("{hint}");
-            }
-        }
     }
 
     /// Registers the hardware, waiting as long as it takes. The node the appliance answers
@@ -133,26 +137,37 @@ impl Agent {
         }
     }
 
-    /// Follows the node's record and prints every state change. Polling is its own retry:
-    /// a failed read is logged and the next one waits at least the poll interval, longer
-    /// (backoff) while the appliance stays away.
-    fn watch(&mut self, mut known: Option<NodeState>) -> ! {
-        if let Some(state) = known {
-            info!("node state: {state}");
-        }
+    /// Follows the node's plan: prints every state change and applies a newly assigned
+    /// layout. Polling is its own retry: a failed read is logged and the next one waits at
+    /// least the poll interval, longer (backoff) while the appliance stays away.
+    fn follow(&mut self, mut known_state: Option<NodeState>) -> ! {
+        // Whether the last plan read had no layout: the console says so once, not every poll.
+        let mut waiting = false;
         loop {
-            let wait = match self.api.node() {
-                Ok(detail) => {
+            let wait = match self.api.plan() {
+                Ok(plan) => {
                     self.backoff.reset();
-                    let state = detail.node.state;
-                    if known != Some(state) {
-                        info!("node state: {state}");
-                        known = Some(state);
+                    if known_state != Some(plan.state) {
+                        info!("node state: {}", plan.state);
+                        known_state = Some(plan.state);
+                    }
+                    if plan.layout.is_none() && !waiting {
+                        eprintln!("metalcast-agent: no layout assigned; waiting");
+                    }
+                    waiting = plan.layout.is_none();
+                    if let Some(layout) = apply::to_apply(&plan, self.last.as_ref()) {
+                        self.last = Some(apply::apply(
+                            &self.api,
+                            &self.events,
+                            &mut self.backoff,
+                            layout,
+                            plan.may_wipe,
+                        ));
                     }
                     POLL_INTERVAL
                 }
                 Err(e) => {
-                    warn!("reading the node's state: {}", chain(&e));
+                    warn!("reading the node's plan: {}", chain(&e));
                     if let Some(hint) = e.hint() {
                         warn!("{hint}");
                     }
