@@ -537,6 +537,7 @@ pub(crate) mod tests {
                 toml: "[[disk]]\nname = \"sys\"\n".into(),
             }),
             may_wipe: true,
+            image: None,
         };
         let body = serde_json::to_string(&plan).unwrap();
         let fake = FakeAppliance::start(vec![ok_json(&body), ok_json(r#"{"state":"discovered"}"#)]);

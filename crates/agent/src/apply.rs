@@ -418,6 +418,7 @@ firmware = ["bios"]
             hostname: None,
             layout,
             may_wipe,
+            image: None,
         }
     }
 

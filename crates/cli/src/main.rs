@@ -100,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
             let settings = NodeSettings {
                 hostname,
                 layout,
+                image: None,
                 state,
             };
             anyhow::ensure!(

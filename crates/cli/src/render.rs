@@ -278,6 +278,7 @@ mod tests {
             ip: Some("10.0.0.5".into()),
             hardware,
             layout: None,
+            image: None,
             first_seen_ms: 0,
             last_seen_ms: 1_000,
         }

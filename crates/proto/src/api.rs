@@ -13,11 +13,31 @@
 //! - `GET /api/v1/agent/{mac}/plan` — answer [`AgentPlan`]; node token.
 //! - `POST /api/v1/agent/{mac}/block-tree` — body [`crate::layout::BlockTree`], answer 204;
 //!   node token.
+//! - `POST /api/v1/agent/{mac}/provisioned` — no body, answer 204: the agent has installed
+//!   and verified the node, which is now `provisioned`; node token.
+//!
+//! Images (types in [`crate::image`]):
+//! - `GET /api/v1/images` — answer `Vec<ImageSummary>`, every version; admin.
+//! - `GET /api/v1/images/{name}` — answer [`ImageVersions`]; admin.
+//! - `GET /api/v1/images/{name}/{version}/manifest` — answer `SignedManifest`; `version` may be
+//!   `latest`; admin or any node token.
+//! - `POST /api/v1/images` — body `Manifest` (unsigned; every chunk must already be stored and
+//!   `stored_len` must match), answer `SignedManifest` (201); 409 if that name and version exist
+//!   with other content; admin.
+//! - `PUT /api/v1/images/{name}/latest` — body [`SetLatest`], answer [`ImageVersions`]
+//!   (rollback is pointing `latest` back); admin.
+//! - `POST /api/v1/images/gc` — answer [`GcSummary`]; admin.
+//! - `POST /api/v1/chunks/missing` — body `ChunkList`, answer `ChunkList` of those the store
+//!   lacks; admin.
+//! - `PUT /api/v1/chunks/{hash}` — body the zstd-compressed chunk, answer 201 (new) or 200
+//!   (already there); the appliance decompresses and checks the BLAKE3 hash; admin.
+//! - `GET|HEAD /api/v1/chunks/{hash}` — the compressed chunk, with Range; admin or node token.
 //!
 //! Errors come back as [`ApiError`] with a 4xx/5xx status.
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::{Digest, ImageSummary};
 use crate::layout::BlockTree;
 use crate::{Hardware, MacAddr};
 
@@ -154,6 +174,9 @@ pub struct Node {
     pub hardware: Option<Hardware>,
     /// Name of the disk layout assigned to the node (a file in the appliance's layouts dir).
     pub layout: Option<String>,
+    /// The image the node installs: `NAME` (follows `latest`) or `NAME@VERSION` (pinned).
+    #[serde(default)]
+    pub image: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
@@ -175,6 +198,9 @@ pub struct NodeSettings {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// `NAME` or `NAME@VERSION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<NodeState>,
 }
@@ -197,6 +223,38 @@ pub struct AgentPlan {
     pub layout: Option<NamedLayout>,
     /// Whether the disks may be wiped: only a node marked `provisioning` may lose data.
     pub may_wipe: bool,
+    /// The image to install into the layout's filesystems, resolved to one version.
+    #[serde(default)]
+    pub image: Option<ImagePlan>,
+}
+
+/// One resolved image version: fetch its manifest, check that its id is `manifest_id` and its
+/// signature is the appliance's, then its chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlan {
+    pub name: String,
+    pub version: String,
+    pub manifest_id: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageVersions {
+    pub name: String,
+    /// The version nodes following `NAME` get.
+    pub latest: Option<String>,
+    /// Oldest first.
+    pub versions: Vec<ImageSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetLatest {
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcSummary {
+    pub chunks_removed: u64,
+    pub bytes_freed: u64,
 }
 
 /// A dry run of a node's layout against its registered disks.

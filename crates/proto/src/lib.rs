@@ -22,6 +22,9 @@ pub mod cmdline {
     pub const TOKEN: &str = "metalcast.token";
     /// MAC of the NIC the node booted from (`52:54:00:12:34:56`).
     pub const MAC: &str = "metalcast.mac";
+    /// The appliance's ed25519 public key (64 hex digits): image manifests must carry its
+    /// signature.
+    pub const KEY: &str = "metalcast.key";
 }
 
 /// Path prefix of the versioned JSON API.

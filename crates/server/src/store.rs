@@ -279,10 +279,11 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE nodes SET hostname = COALESCE(?, hostname), layout = COALESCE(?, layout), \
-             state = COALESCE(?, state) WHERE mac = ?",
+             image = COALESCE(?, image), state = COALESCE(?, state) WHERE mac = ?",
         )
         .bind(settings.hostname.as_deref())
         .bind(settings.layout.as_deref())
+        .bind(settings.image.as_deref())
         .bind(settings.state.map(NodeState::as_str))
         .bind(mac.to_string())
         .execute(&mut *tx)
@@ -421,7 +422,7 @@ impl Store {
     }
 }
 
-const NODE_SELECT: &str = "SELECT n.mac, n.state, n.hostname, n.hardware, n.layout, \
+const NODE_SELECT: &str = "SELECT n.mac, n.state, n.hostname, n.hardware, n.layout, n.image, \
      n.first_seen_ms, n.last_seen_ms, l.ip FROM nodes n LEFT JOIN leases l ON l.mac = n.mac";
 
 async fn node_in(
@@ -483,6 +484,7 @@ fn node_from_row(row: &SqliteRow) -> Result<Node, StoreError> {
             .transpose()
             .map_err(|e| corrupt(format!("hardware JSON: {e}")))?,
         layout: row.try_get("layout")?,
+        image: row.try_get("image")?,
         first_seen_ms: row.try_get("first_seen_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
     })

@@ -195,6 +195,7 @@ async fn agent_plan(
         hostname: node.hostname,
         layout,
         may_wipe: node.state == NodeState::Provisioning,
+        image: None,
     }))
 }
 
