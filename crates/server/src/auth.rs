@@ -1,8 +1,10 @@
 //! Who may call which API route.
 //!
 //! An admin token reaches every route. A node's per-boot token reaches only the routes of
-//! its own MAC (`/agent/{mac}/…`, `GET /nodes/{mac}` and its events). No token, or one the
-//! appliance does not know, is 401; a known token on a route it may not use is 403.
+//! its own MAC (`/agent/{mac}/…`, `GET /nodes/{mac}` and its events) and the reads an install
+//! needs: image manifests and chunks, which are the same for every node and signed anyway.
+//! No token, or one the appliance does not know, is 401; a known token on a route it may not
+//! use is 403.
 
 use metalcast_proto::MacAddr;
 
@@ -20,6 +22,8 @@ pub enum Access {
     Admin,
     /// An admin token or the token of this node.
     Node(MacAddr),
+    /// An admin token or any node's token: reading image manifests and chunks.
+    ImageRead,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +36,7 @@ pub enum Denied {
 
 pub fn authorize(principal: &Principal, access: Access) -> Result<(), Denied> {
     match (principal, access) {
-        (Principal::Admin { .. }, _) => Ok(()),
+        (Principal::Admin { .. }, _) | (Principal::Node(_), Access::ImageRead) => Ok(()),
         (Principal::Node(own), Access::Node(route)) if *own == route => Ok(()),
         (Principal::Node(own), Access::Node(route)) => {
             Err(Denied::OtherNode { token: *own, route })
@@ -78,6 +82,7 @@ mod tests {
             Err(Denied::OtherNode { token: a, route: b })
         );
         assert_eq!(authorize(&node_a, Access::Admin), Err(Denied::AdminOnly(a)));
+        assert_eq!(authorize(&node_a, Access::ImageRead), Ok(()));
     }
 
     #[test]

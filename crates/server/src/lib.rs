@@ -5,6 +5,7 @@ pub mod auth;
 pub mod boot;
 pub mod config;
 pub mod http;
+pub mod images;
 pub mod layouts;
 pub mod ra;
 pub mod script;

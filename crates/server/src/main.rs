@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use metalcast_server::boot::Services;
 use metalcast_server::config::Config;
 use metalcast_server::http::{self, AppState, now_ms};
+use metalcast_server::images::Images;
 use metalcast_server::layouts::Layouts;
 use metalcast_server::store::Store;
 use metalcast_server::tftp_root;
@@ -120,6 +121,16 @@ async fn serve(path: &Path) -> Result<()> {
     let store = Store::open(&config.data_dir)
         .await
         .context("opening the store")?;
+    let data_dir = config.data_dir.clone();
+    let images = tokio::task::spawn_blocking(move || Images::open(&data_dir))
+        .await
+        .context("opening the image store")?
+        .context("opening the image store")?;
+    tracing::info!(
+        "image store {}, manifests signed with key {}",
+        images.store.root().display(),
+        images.public_key()
+    );
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP to {}", config.http_listen))?;
@@ -134,6 +145,7 @@ async fn serve(path: &Path) -> Result<()> {
         layouts: Layouts {
             dir: config.layouts_dir.clone(),
         },
+        images,
     });
     let mut services_list = vec![format!("http on {http_addr}")];
     services_list.extend(services.started.iter().cloned());

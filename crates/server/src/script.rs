@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use metalcast_proto::image::PublicKey;
 use metalcast_proto::{MacAddr, cmdline};
 
 use crate::token::Token;
@@ -73,9 +74,16 @@ fn is_dns_name(s: &str) -> bool {
 }
 
 /// Boot the agent: kernel and initramfs from this appliance, with the appliance URL, the
-/// node's fresh token and its MAC on the kernel command line. `initrd=initrd` lets the
-/// kernel's EFI stub find the initrd iPXE exposes under UEFI.
-pub fn agent_script(host: &HttpHost, mac: MacAddr, token: &Token, kernel_args: &str) -> String {
+/// node's fresh token, its MAC and the key image manifests must be signed with on the kernel
+/// command line. `initrd=initrd` lets the kernel's EFI stub find the initrd iPXE exposes
+/// under UEFI.
+pub fn agent_script(
+    host: &HttpHost,
+    mac: MacAddr,
+    token: &Token,
+    key: &PublicKey,
+    kernel_args: &str,
+) -> String {
     let url = format!("http://{host}");
     let hyph = mac.to_hyphenated();
     let extra = if kernel_args.is_empty() {
@@ -86,12 +94,13 @@ pub fn agent_script(host: &HttpHost, mac: MacAddr, token: &Token, kernel_args: &
     format!(
         "#!ipxe\n\
          # metalcast: boot the agent on {mac}\n\
-         kernel {url}/boot/files/vmlinuz?mac={hyph} initrd=initrd {u}={url} {t}={token} {m}={mac}{extra}\n\
+         kernel {url}/boot/files/vmlinuz?mac={hyph} initrd=initrd {u}={url} {t}={token} {m}={mac} {k}={key}{extra}\n\
          initrd --name initrd {url}/boot/files/initramfs?mac={hyph}\n\
          boot\n",
         u = cmdline::URL,
         t = cmdline::TOKEN,
         m = cmdline::MAC,
+        k = cmdline::KEY,
         token = token.as_str(),
     )
 }
@@ -163,7 +172,15 @@ mod tests {
         let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
         let token = Token::generate().unwrap();
         let t = token.as_str();
-        let script = agent_script(&host, mac, &token, "console=ttyS0,115200 console=tty0");
+        let key = PublicKey([0xa5; 32]);
+        let k = "a5".repeat(32);
+        let script = agent_script(
+            &host,
+            mac,
+            &token,
+            &key,
+            "console=ttyS0,115200 console=tty0",
+        );
         assert_eq!(
             script,
             format!(
@@ -171,13 +188,13 @@ mod tests {
                  # metalcast: boot the agent on 52:54:00:12:34:56\n\
                  kernel http://10.0.0.1:8080/boot/files/vmlinuz?mac=52-54-00-12-34-56 initrd=initrd \
                  metalcast.url=http://10.0.0.1:8080 metalcast.token={t} metalcast.mac=52:54:00:12:34:56 \
-                 console=ttyS0,115200 console=tty0\n\
+                 metalcast.key={k} console=ttyS0,115200 console=tty0\n\
                  initrd --name initrd http://10.0.0.1:8080/boot/files/initramfs?mac=52-54-00-12-34-56\n\
                  boot\n"
             )
         );
-        let bare = agent_script(&host, mac, &token, "");
-        assert!(bare.contains("metalcast.mac=52:54:00:12:34:56\n"));
+        let bare = agent_script(&host, mac, &token, &key, "");
+        assert!(bare.contains(&format!("metalcast.key={k}\n")));
     }
 
     #[test]

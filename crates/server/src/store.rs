@@ -382,6 +382,39 @@ impl Store {
             .collect()
     }
 
+    /// The version of image `name` that nodes following "latest" get.
+    pub async fn image_latest(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM image_latest WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Points "latest" of image `name` at `version`; with `only_if_unset`, leaves an existing
+    /// pointer alone. Returns whether the pointer changed.
+    pub async fn set_image_latest(
+        &self,
+        name: &str,
+        version: &str,
+        only_if_unset: bool,
+    ) -> Result<bool, StoreError> {
+        let sql = if only_if_unset {
+            "INSERT INTO image_latest (name, version) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"
+        } else {
+            "INSERT INTO image_latest (name, version) VALUES (?, ?) \
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version \
+             WHERE version != excluded.version"
+        };
+        let done = sqlx::query(sql)
+            .bind(name)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Apply writes in order, in one transaction (one fsync for the whole batch).
     pub async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -656,6 +689,25 @@ mod tests {
             got,
             vec![ev(a, Phase::Dhcp, 1), ev(a, Phase::IpxeScript, 3)]
         );
+    }
+
+    #[tokio::test]
+    async fn image_latest_pointer() {
+        let (_dir, store) = store().await;
+        assert_eq!(store.image_latest("deb").await.unwrap(), None);
+        assert!(store.set_image_latest("deb", "1", true).await.unwrap());
+        assert!(!store.set_image_latest("deb", "2", true).await.unwrap());
+        assert_eq!(
+            store.image_latest("deb").await.unwrap().as_deref(),
+            Some("1")
+        );
+        assert!(store.set_image_latest("deb", "2", false).await.unwrap());
+        assert!(!store.set_image_latest("deb", "2", false).await.unwrap());
+        assert_eq!(
+            store.image_latest("deb").await.unwrap().as_deref(),
+            Some("2")
+        );
+        assert_eq!(store.image_latest("other").await.unwrap(), None);
     }
 
     #[tokio::test]

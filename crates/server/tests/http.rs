@@ -1,12 +1,17 @@
 //! The HTTP application end to end over a real socket: boot script → node token → agent
 //! registration → admin API → provisioned → local-disk script; auth, Range and bad bodies.
 
+use metalcast_proto::image::{
+    ChunkList, ChunkRef, Digest, FORMAT_VERSION, ImageSummary, Manifest, OsFamily, SignedManifest,
+};
 use metalcast_proto::layout::{BlockDevice, BlockTree};
 use metalcast_proto::{
     AgentPlan, ApiError, Cpu, Disk, Dmi, Event, EventReport, Firmware, Hardware, LayoutPlan, Level,
     MacAddr, Nic, Node, NodeDetail, NodeState, Phase, RegisterRequest, SetState,
 };
+use metalcast_proto::{GcSummary, ImageVersions, SetLatest};
 use metalcast_server::http::{self, AppState, BootFiles};
+use metalcast_server::images::Images;
 use metalcast_server::layouts::Layouts;
 use metalcast_server::store::Store;
 use reqwest::StatusCode;
@@ -23,6 +28,7 @@ struct Harness {
     base: String,
     host: String,
     store: Store,
+    images: Images,
     admin: String,
     kernel: Vec<u8>,
     known: mpsc::Receiver<MacAddr>,
@@ -41,6 +47,7 @@ async fn start() -> Harness {
         .create_admin_token("test", 1)
         .await
         .expect("admin token");
+    let images = Images::open(&dir.path().join("data")).expect("opening the image store");
     let (known_tx, known) = mpsc::channel(16);
     let app = http::app(AppState {
         store: store.clone(),
@@ -53,6 +60,7 @@ async fn start() -> Harness {
         layouts: Layouts {
             dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../../layouts").into(),
         },
+        images: images.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -64,6 +72,7 @@ async fn start() -> Harness {
         base: format!("http://{addr}"),
         host: addr.to_string(),
         store,
+        images,
         admin: admin.as_str().to_string(),
         kernel,
         known,
@@ -155,7 +164,8 @@ async fn boot_register_provision_cycle() {
     assert!(
         script.contains(&format!(
             "kernel http://{host}/boot/files/vmlinuz?mac=52-54-00-12-34-56 initrd=initrd \
-             metalcast.url=http://{host} metalcast.token={token_a} metalcast.mac={MAC_A} console=ttyS0,115200\n"
+             metalcast.url=http://{host} metalcast.token={token_a} metalcast.mac={MAC_A} metalcast.key={key} console=ttyS0,115200\n",
+            key = h.images.public_key()
         )),
         "{script}"
     );
@@ -632,4 +642,396 @@ async fn layouts_are_assigned_dry_run_and_handed_to_the_agent() {
         .await
         .unwrap();
     assert_eq!(detail.block_tree, Some(tree));
+}
+
+/// A chunk as an importer makes it: BLAKE3 of the bytes, zstd frame of the bytes.
+fn chunk(data: &[u8]) -> (Digest, Vec<u8>) {
+    (
+        Digest(*blake3::hash(data).as_bytes()),
+        zstd::bulk::compress(data, 3).expect("zstd"),
+    )
+}
+
+/// An unsigned manifest over `parts` (each a chunk), in order.
+fn manifest_of(version: &str, parts: &[&[u8]]) -> Manifest {
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    for p in parts {
+        let (hash, stored) = chunk(p);
+        chunks.push(ChunkRef {
+            hash,
+            offset,
+            len: p.len() as u64,
+            stored_len: stored.len() as u64,
+            entry_start: 0,
+        });
+        offset += p.len() as u64;
+    }
+    Manifest {
+        format: FORMAT_VERSION,
+        name: "deb".into(),
+        version: version.into(),
+        parent: None,
+        created_ms: 1_777_000_000_000,
+        os_family: OsFamily::Debian,
+        kernel: Some("boot/vmlinuz".into()),
+        initrd: Some("boot/initrd.img".into()),
+        size: offset,
+        chunking: metalcast_image::DEFAULT_CHUNKING,
+        chunks,
+    }
+}
+
+#[tokio::test]
+async fn images_upload_sign_pin_and_serve() {
+    let h = start().await;
+    let admin = h.admin.clone();
+    let parts: Vec<Vec<u8>> = vec![
+        (0..3000u32).map(|i| (i % 13) as u8).collect(),
+        (0..5000u32).map(|i| (i * 31 % 251) as u8).collect(),
+        b"the last, short chunk".to_vec(),
+    ];
+    let chunks: Vec<(Digest, Vec<u8>)> = parts.iter().map(|p| chunk(p)).collect();
+    let missing = |list: Vec<Digest>| {
+        h.client
+            .post(h.url("/api/v1/chunks/missing"))
+            .bearer_auth(&admin)
+            .json(&ChunkList { chunks: list })
+            .send()
+    };
+    let upload = |hash: Digest, body: Vec<u8>, token: &str| {
+        h.client
+            .put(h.url(&format!("/api/v1/chunks/{hash}")))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+    };
+    let all: Vec<Digest> = chunks.iter().map(|c| c.0).collect();
+    let lacking = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<ChunkList>().await.unwrap().chunks
+    };
+    let mut asked = all.clone();
+    asked.push(all[0]);
+    assert_eq!(lacking(missing(asked).await.unwrap()).await, all);
+
+    let resp = upload(chunks[0].0, chunks[0].1.clone(), &admin)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = upload(chunks[0].0, chunks[0].1.clone(), &admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a present chunk is accepted again"
+    );
+    assert_eq!(lacking(missing(all.clone()).await.unwrap()).await, all[1..]);
+
+    // A flipped bit in the compressed bytes, or bytes under another chunk's name: refused.
+    let mut flipped = chunks[1].1.clone();
+    let last = flipped.len() - 1;
+    flipped[last / 2] ^= 0x10;
+    let (status, message) = error_of(upload(chunks[1].0, flipped, &admin).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+    let (status, message) = error_of(
+        upload(chunks[1].0, chunks[2].1.clone(), &admin)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("not what its name says"), "{message}");
+    let (status, _) = error_of(
+        h.client
+            .put(h.url("/api/v1/chunks/NOTHEX"))
+            .bearer_auth(&admin)
+            .body(chunks[1].1.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(lacking(missing(all.clone()).await.unwrap()).await, all[1..]);
+
+    // A manifest can only be stored once its chunks are.
+    let post = |m: &Manifest, token: &str| {
+        h.client
+            .post(h.url("/api/v1/images"))
+            .bearer_auth(token)
+            .json(m)
+            .send()
+    };
+    let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let v1 = manifest_of("1", &slices);
+    let (status, message) = error_of(post(&v1, &admin).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("chunks[1]"), "{message}");
+    for (hash, stored) in &chunks[1..] {
+        let resp = upload(*hash, stored.clone(), &admin).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    assert!(
+        lacking(missing(all.clone()).await.unwrap())
+            .await
+            .is_empty()
+    );
+
+    let mut wrong_len = v1.clone();
+    wrong_len.chunks[2].stored_len += 1;
+    let (status, message) = error_of(post(&wrong_len, &admin).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("chunks[2].stored_len"), "{message}");
+    let mut bad_size = v1.clone();
+    bad_size.size += 1;
+    let (status, message) = error_of(post(&bad_size, &admin).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.starts_with("manifest: "), "{message}");
+    let mut reserved = v1.clone();
+    reserved.version = "latest".into();
+    let (status, _) = error_of(post(&reserved, &admin).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Stored, signed with the appliance key.
+    let resp = post(&v1, &admin).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let signed_v1: SignedManifest = resp.json().await.unwrap();
+    assert_eq!(signed_v1.manifest, v1);
+    assert_eq!(signed_v1.key, h.images.public_key());
+    let trusted = metalcast_image::verifying_key(&h.images.public_key()).unwrap();
+    metalcast_image::verify_manifest(signed_v1.clone(), &trusted).expect("signature verifies");
+    let resp = post(&v1, &admin).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the same version again is a no-op"
+    );
+    let mut other = v1.clone();
+    other.created_ms += 1;
+    let (status, message) = error_of(post(&other, &admin).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{message}");
+
+    // A second version becomes latest; rollback points latest back.
+    let v2 = manifest_of("2", &[&parts[2], &parts[0]]);
+    let resp = post(&v2, &admin).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let signed_v2: SignedManifest = resp.json().await.unwrap();
+    let versions = |name: &str| {
+        h.get(&format!("/api/v1/images/{name}"), Some(&admin))
+            .send()
+    };
+    let got: ImageVersions = versions("deb").await.unwrap().json().await.unwrap();
+    assert_eq!(got.latest.as_deref(), Some("2"));
+    let listed: Vec<&str> = got.versions.iter().map(|v| v.version.as_str()).collect();
+    assert_eq!(listed, ["1", "2"]);
+    assert_eq!(got.versions[0].id, signed_v1.id);
+    let (status, _) = error_of(versions("nope").await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let listing: Vec<ImageSummary> = h
+        .get("/api/v1/images", Some(&admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listing.len(), 2);
+    let set_latest = |version: &str| {
+        h.client
+            .put(h.url("/api/v1/images/deb/latest"))
+            .bearer_auth(&admin)
+            .json(&SetLatest {
+                version: version.into(),
+            })
+            .send()
+    };
+    let got: ImageVersions = set_latest("1").await.unwrap().json().await.unwrap();
+    assert_eq!(got.latest.as_deref(), Some("1"));
+    let (status, _) = error_of(set_latest("7").await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A node token reads manifests and chunks, and nothing it may not.
+    let (_, token) = h.script(MAC_A).await;
+    let token = token.expect("agent script carries a token");
+    let fetched: SignedManifest = h
+        .get("/api/v1/images/deb/latest/manifest", Some(&token))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, signed_v1, "latest was rolled back to 1");
+    let resp = h
+        .get("/api/v1/images/deb/2/manifest", Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<SignedManifest>().await.unwrap(), signed_v2);
+    let (status, _) = error_of(
+        h.get("/api/v1/images/deb/9/manifest", Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let chunk_url = format!("/api/v1/chunks/{}", chunks[1].0);
+    let resp = h
+        .get(&chunk_url, Some(&token))
+        .header(RANGE, "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        resp.bytes().await.unwrap().as_ref(),
+        &chunks[1].1[..10],
+        "the stored (compressed) bytes"
+    );
+    let resp = h.get(&chunk_url, Some(&token)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), chunks[1].1.as_slice());
+    let resp = h
+        .client
+        .head(h.url(&chunk_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[CONTENT_LENGTH].to_str().unwrap(),
+        chunks[1].1.len().to_string()
+    );
+    let absent = chunk(b"never uploaded").0;
+    let (status, _) = error_of(
+        h.get(&format!("/api/v1/chunks/{absent}"), Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let resp = post(&v2, &token).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = upload(absent, b"x".to_vec(), &token).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = h.get("/api/v1/images", Some(&token)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = h.get(&chunk_url, None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // The fetch is on the node's record.
+    let mac_a: MacAddr = MAC_A.parse().unwrap();
+    let events = h.store.events(mac_a).await.unwrap();
+    let fetch = events
+        .iter()
+        .find(|e| e.phase == Phase::Image)
+        .expect("an image event");
+    assert!(
+        fetch
+            .message
+            .starts_with("fetching image deb@1 (3 chunks, 0.0 MiB"),
+        "{}",
+        fetch.message
+    );
+
+    // Nodes follow latest or pin a version; the plan names the resolved version.
+    let set_node = |body: serde_json::Value| {
+        h.client
+            .put(h.url(&format!("/api/v1/nodes/{MAC_A}")))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    for (image, needle) in [
+        ("deb@9", "has no version 9"),
+        ("nope", "nope has no latest"),
+        ("a/b", "invalid image name"),
+    ] {
+        let (status, message) = error_of(
+            set_node(serde_json::json!({ "image": image }))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{image}");
+        assert!(message.contains(needle), "{message}");
+    }
+    let node: Node = set_node(serde_json::json!({"image": "deb"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node.image.as_deref(), Some("deb"));
+    let plan = || async {
+        h.get(&format!("/api/v1/agent/{MAC_A}/plan"), Some(&token))
+            .send()
+            .await
+            .unwrap()
+            .json::<AgentPlan>()
+            .await
+            .unwrap()
+            .image
+            .expect("the plan carries the image")
+    };
+    let p = plan().await;
+    assert_eq!(
+        (p.name.as_str(), p.version.as_str(), p.manifest_id),
+        ("deb", "1", signed_v1.id)
+    );
+    set_node(serde_json::json!({"image": "deb@2"}))
+        .await
+        .unwrap();
+    assert_eq!(plan().await.manifest_id, signed_v2.id);
+
+    // Installed: the node is provisioned and says so.
+    let resp = h
+        .client
+        .post(h.url(&format!("/api/v1/agent/{MAC_A}/provisioned")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let node = h.store.node(mac_a).await.unwrap().unwrap();
+    assert_eq!(node.state, NodeState::Provisioned);
+    let events = h.store.events(mac_a).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.phase, Phase::Reboot);
+    assert_eq!(
+        last.message,
+        "installed; next network boot boots the local disk"
+    );
+
+    // gc keeps referenced chunks and, within the grace period, fresh unreferenced ones. This
+    // one is incompressible and above the JSON routes' 1 MiB body limit.
+    let mut big = vec![0u8; 3 << 20];
+    blake3::Hasher::new()
+        .update(b"incompressible")
+        .finalize_xof()
+        .fill(&mut big);
+    let (loose, stored) = chunk(&big);
+    assert!(stored.len() > 3 << 20);
+    let resp = upload(loose, stored, &admin).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = h
+        .client
+        .post(h.url("/api/v1/images/gc"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let summary: GcSummary = resp.json().await.unwrap();
+    assert_eq!(summary.chunks_removed, 0);
+    assert!(
+        lacking(missing(vec![loose]).await.unwrap())
+            .await
+            .is_empty()
+    );
 }

@@ -5,10 +5,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
+use metalcast_proto::image::ImageRef;
 use metalcast_proto::layout::BlockTree;
 use metalcast_proto::{
-    AgentPlan, Event, EventReport, Hardware, LayoutPlan, Level, MacAddr, Node, NodeDetail,
-    NodeSettings, NodeState, Phase, RegisterRequest, SetState,
+    AgentPlan, Event, EventReport, Hardware, ImagePlan, LayoutPlan, Level, MacAddr, Node,
+    NodeDetail, NodeSettings, NodeState, Phase, RegisterRequest, SetState,
 };
 
 use crate::layouts::LayoutsError;
@@ -25,6 +26,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/nodes", get(list_nodes))
         .route("/agent/{mac}/plan", get(agent_plan))
         .route("/agent/{mac}/block-tree", post(report_block_tree))
+        .route("/agent/{mac}/provisioned", post(provisioned))
         .route("/nodes/{mac}", get(show_node).put(update_node))
         .route("/nodes/{mac}/layout-plan", get(layout_plan))
         .route("/nodes/{mac}/state", put(set_state))
@@ -129,7 +131,7 @@ async fn update_node(
     State(state): State<SharedState>,
     _: AdminOnly,
     axum::extract::Path(mac): axum::extract::Path<String>,
-    ApiJson(body): ApiJson<NodeSettings>,
+    ApiJson(mut body): ApiJson<NodeSettings>,
 ) -> Result<Json<Node>, Failure> {
     let mac = super::parse_mac(&mac)?;
     if let Some(hostname) = &body.hostname {
@@ -138,6 +140,18 @@ async fn update_node(
     if let Some(name) = &body.layout {
         // Refuse now what the agent could not use later.
         state.layouts.load(name).map_err(layout_failure)?;
+    }
+    if let Some(text) = &body.image {
+        let wanted: ImageRef = text
+            .parse()
+            .map_err(|e| Failure::bad_request(format!("image: {e}")))?;
+        if super::images::resolve(&state, &wanted).await?.is_none() {
+            return Err(Failure::bad_request(format!(
+                "image: {}",
+                super::images::unresolved(&wanted)
+            )));
+        }
+        body.image = Some(wanted.to_string());
     }
     let node = state.store.update_node(mac, &body, now_ms()).await?;
     tracing::info!(%mac, ?body, "node settings changed");
@@ -190,13 +204,62 @@ async fn agent_plan(
         Some(name) => Some(state.layouts.load(name).map_err(layout_failure)?.0),
         None => None,
     };
+    let image = match &node.image {
+        Some(text) => Some(image_plan(&state, mac, text).await?),
+        None => None,
+    };
     Ok(Json(AgentPlan {
         state: node.state,
         hostname: node.hostname,
         layout,
         may_wipe: node.state == NodeState::Provisioning,
-        image: None,
+        image,
     }))
+}
+
+/// The node's image resolved to one version now; 409 when it names none (the agent must
+/// not guess, and the operator must repoint the node).
+async fn image_plan(state: &SharedState, mac: MacAddr, text: &str) -> Result<ImagePlan, Failure> {
+    let conflict = |why: String| {
+        Failure::new(
+            StatusCode::CONFLICT,
+            format!("node {mac}'s image {text:?}: {why}"),
+        )
+    };
+    let wanted: ImageRef = text.parse().map_err(|e| conflict(format!("{e}")))?;
+    let signed = super::images::resolve(state, &wanted)
+        .await?
+        .ok_or_else(|| conflict(super::images::unresolved(&wanted)))?;
+    Ok(ImagePlan {
+        name: signed.manifest.name,
+        version: signed.manifest.version,
+        manifest_id: signed.id,
+    })
+}
+
+/// The agent installed and verified the node: from now on it boots its local disk.
+async fn provisioned(
+    State(state): State<SharedState>,
+    NodeRoute(mac): NodeRoute,
+) -> Result<StatusCode, Failure> {
+    state
+        .store
+        .set_state(mac, NodeState::Provisioned)
+        .await?
+        .ok_or_else(|| no_node(mac))?;
+    let message = "installed; next network boot boots the local disk".to_string();
+    tracing::info!(%mac, "{message}");
+    state
+        .store
+        .add_event(&Event {
+            mac,
+            phase: Phase::Reboot,
+            level: Level::Info,
+            message,
+            at_ms: now_ms(),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn report_block_tree(

@@ -58,7 +58,13 @@ async fn script(
     } else {
         let token = state.store.issue_node_token(mac, now).await?;
         (
-            agent_script(&host, mac, &token, &state.boot.kernel_args),
+            agent_script(
+                &host,
+                mac,
+                &token,
+                &state.images.public_key(),
+                &state.boot.kernel_args,
+            ),
             format!(
                 "agent script served via {host} (node is {}, new node token)",
                 node.state

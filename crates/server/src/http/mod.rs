@@ -2,6 +2,7 @@
 
 mod api;
 mod boot;
+mod images;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use metalcast_proto::{ApiError, MacAddr};
 use tokio::sync::mpsc;
 
 use crate::auth::{Access, Principal, authorize, bearer_token};
+use crate::images::Images;
 use crate::layouts::Layouts;
 use crate::store::{Store, StoreError};
 
@@ -43,6 +45,7 @@ pub struct AppState {
     /// to know them when it ignores unknown MACs). `None` when nobody listens.
     pub known_nodes: Option<mpsc::Sender<MacAddr>>,
     pub layouts: Layouts,
+    pub images: Images,
 }
 
 impl AppState {
@@ -61,7 +64,10 @@ pub type SharedState = Arc<AppState>;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .nest("/boot", boot::routes())
-        .nest(metalcast_proto::API_PREFIX, api::routes())
+        .nest(
+            metalcast_proto::API_PREFIX,
+            api::routes().merge(images::routes()),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { Failure::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -107,6 +113,45 @@ impl From<StoreError> for Failure {
             "internal error: the database failed; see the appliance log",
         )
     }
+}
+
+impl From<metalcast_image::StoreError> for Failure {
+    fn from(e: metalcast_image::StoreError) -> Failure {
+        use metalcast_image::StoreError as E;
+        match e {
+            E::MissingChunk(_) => Failure::not_found(e.to_string()),
+            E::BadChunk { .. } | E::ChunksMissing { .. } | E::Name(_) => {
+                Failure::bad_request(e.to_string())
+            }
+            E::VersionExists { .. } => Failure::new(StatusCode::CONFLICT, e.to_string()),
+            E::Io { .. } | E::Manifest { .. } => {
+                tracing::error!(error = %error_chain(&e), "chunk store failure while answering a request");
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error: the chunk store failed; see the appliance log",
+                )
+            }
+        }
+    }
+}
+
+/// Runs a blocking chunk store call off the async threads.
+async fn with_image_store<T, F>(images: &Images, f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce(&metalcast_image::Store) -> Result<T, metalcast_image::StoreError> + Send + 'static,
+{
+    let store = images.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a chunk store task failed");
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: see the appliance log",
+            )
+        })?
+        .map_err(Failure::from)
 }
 
 impl IntoResponse for Failure {
@@ -197,6 +242,21 @@ impl FromRequestParts<SharedState> for NodeRoute {
         authorize(&who, Access::Node(mac))
             .map_err(|e| Failure::new(StatusCode::FORBIDDEN, e.to_string()))?;
         Ok(NodeRoute(mac))
+    }
+}
+
+/// Extractor for image reads (manifests, chunks): an admin token or any node's token. Carries
+/// the caller so that fetches by a node can be recorded as its events.
+pub struct ImageReader(pub Principal);
+
+impl FromRequestParts<SharedState> for ImageReader {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Failure> {
+        let who = principal(parts, state).await?;
+        authorize(&who, Access::ImageRead)
+            .map_err(|e| Failure::new(StatusCode::FORBIDDEN, e.to_string()))?;
+        Ok(ImageReader(who))
     }
 }
 
