@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use metalcast_proto::image::Digest;
 use metalcast_proto::layout::BlockTree;
 use metalcast_proto::{API_PREFIX, AgentPlan, EventReport, MacAddr, Node, RegisterRequest};
 use serde::de::DeserializeOwned;
@@ -148,6 +149,40 @@ impl Appliance {
         self.finish(answer).map(drop)
     }
 
+    /// `GET /api/v1/images/{name}/{version}/manifest`: the signed manifest as sent, to be
+    /// verified by the caller.
+    pub fn manifest(&self, name: &str, version: &str) -> Result<Vec<u8>, ApiError> {
+        let url = self.url(&format!("/images/{name}/{version}/manifest"));
+        let answer = self
+            .http
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .call();
+        self.finish(answer)
+    }
+
+    /// `GET /api/v1/chunks/{hash}`: one stored (zstd-compressed) chunk, at most `limit` bytes.
+    pub fn chunk(&self, hash: &Digest, limit: u64) -> Result<Vec<u8>, ApiError> {
+        let url = self.url(&format!("/chunks/{hash}"));
+        let answer = self
+            .http
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .call();
+        self.finish_limited(answer, limit)
+    }
+
+    /// `POST /api/v1/agent/{mac}/provisioned`: the node is installed.
+    pub fn provisioned(&self) -> Result<(), ApiError> {
+        let url = self.url(&format!("/agent/{}/provisioned", self.mac));
+        let answer = self
+            .http
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_empty();
+        self.finish(answer).map(drop)
+    }
+
     fn url(&self, route: &str) -> String {
         format!("{}{API_PREFIX}{route}", self.base)
     }
@@ -157,13 +192,21 @@ impl Appliance {
         &self,
         answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Vec<u8>, ApiError> {
+        self.finish_limited(answer, MAX_ANSWER_BYTES)
+    }
+
+    fn finish_limited(
+        &self,
+        answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
+    ) -> Result<Vec<u8>, ApiError> {
         let mut response = answer.map_err(transport)?;
         let status = response.status().as_u16();
         // A body cut short is a transport failure: the same call may well succeed next time.
         let body = response
             .body_mut()
             .with_config()
-            .limit(MAX_ANSWER_BYTES)
+            .limit(limit)
             .read_to_vec()
             .map_err(transport)?;
         check(status, body)
@@ -371,6 +414,7 @@ pub(crate) mod tests {
     /// response and records the requests it got.
     pub(crate) struct FakeAppliance {
         url: String,
+        addr: std::net::SocketAddr,
         pub(crate) requests: std::sync::mpsc::Receiver<String>,
     }
 
@@ -384,9 +428,37 @@ pub(crate) mod tests {
             gate: impl FnOnce() + Send + 'static,
             responses: Vec<&'static str>,
         ) -> Self {
-            use std::io::{BufRead, BufReader, Read, Write};
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
+            Self::serve(
+                listener,
+                gate,
+                responses.into_iter().map(Vec::from).collect(),
+            )
+        }
+
+        /// Listens on `addr` (the port of an earlier fake that has finished: the appliance
+        /// coming back where it was).
+        pub(crate) fn start_on(addr: std::net::SocketAddr, responses: Vec<&'static str>) -> Self {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            Self::serve(
+                listener,
+                || {},
+                responses.into_iter().map(Vec::from).collect(),
+            )
+        }
+
+        pub(crate) fn addr(&self) -> std::net::SocketAddr {
+            self.addr
+        }
+
+        fn serve(
+            listener: std::net::TcpListener,
+            gate: impl FnOnce() + Send + 'static,
+            responses: Vec<Vec<u8>>,
+        ) -> Self {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let addr = listener.local_addr().unwrap();
+            let url = format!("http://{addr}");
             let (tx, requests) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 gate();
@@ -412,11 +484,17 @@ pub(crate) mod tests {
                         .map_or(0, |v| v.parse().unwrap());
                     let mut body = vec![0; length];
                     reader.read_exact(&mut body).unwrap();
-                    tx.send(head + &String::from_utf8(body).unwrap()).unwrap();
-                    stream.write_all(response.as_bytes()).unwrap();
+                    // The test may have stopped listening for requests.
+                    let _ = tx.send(head + &String::from_utf8(body).unwrap());
+                    // A client that gave up on this connection is no failure of the fake.
+                    let _ = stream.write_all(&response);
                 }
             });
-            Self { url, requests }
+            Self {
+                url,
+                addr,
+                requests,
+            }
         }
 
         pub(crate) fn client(&self) -> Appliance {
@@ -424,6 +502,8 @@ pub(crate) mod tests {
                 url: self.url.clone(),
                 token: "tok".to_string(),
                 mac: "52:54:00:12:34:56".parse().unwrap(),
+                key: None,
+                consoles: Vec::new(),
             })
         }
     }
@@ -586,6 +666,8 @@ pub(crate) mod tests {
             url,
             token: "t".into(),
             mac: "52:54:00:12:34:56".parse().unwrap(),
+            key: None,
+            consoles: Vec::new(),
         });
         let err = api.plan().unwrap_err();
         assert!(matches!(err, ApiError::Unreachable(_)), "{err:?}");

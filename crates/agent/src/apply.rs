@@ -175,13 +175,27 @@ impl Report<'_> {
 }
 
 /// Plans `named` on this node's disks and applies it, or says why not. Nothing touches a
-/// disk before the plan is made and the wipe is allowed.
+/// disk before the plan is made and the wipe is allowed. The plan comes back with an
+/// applied layout: the image's configuration is written from it.
 pub fn apply(
     api: &Appliance,
     events: &EventQueue,
     backoff: &mut Backoff,
     named: &NamedLayout,
     may_wipe: bool,
+) -> (Outcome, Option<Plan>) {
+    let mut applied = None;
+    let outcome = apply_inner(api, events, backoff, named, may_wipe, &mut applied);
+    (outcome, applied)
+}
+
+fn apply_inner(
+    api: &Appliance,
+    events: &EventQueue,
+    backoff: &mut Backoff,
+    named: &NamedLayout,
+    may_wipe: bool,
+    applied: &mut Option<Plan>,
 ) -> Outcome {
     let report = Report(events);
     let name = &named.name;
@@ -281,6 +295,7 @@ pub fn apply(
         seconds(started.elapsed())
     ));
     eprintln!("metalcast-agent: layout {name} applied");
+    *applied = Some(plan);
     Outcome::Applied(named.clone())
 }
 

@@ -1,5 +1,6 @@
 //! The boot parameters the iPXE script puts on the kernel command line.
 
+use metalcast_proto::image::{HexError, PublicKey};
 use metalcast_proto::{MacAddr, MacParseError, cmdline};
 
 /// Where the appliance is, who this node is and how it proves it.
@@ -10,6 +11,12 @@ pub struct BootParams {
     pub token: String,
     /// MAC of the NIC the node booted from.
     pub mac: MacAddr,
+    /// The appliance's image-signing key. Optional: without it the agent still registers and
+    /// applies layouts, but refuses to install an image it cannot verify.
+    pub key: Option<PublicKey>,
+    /// The `console=` arguments the agent was booted with, in order: the installed system
+    /// gets the same consoles, so an operator's serial console keeps working after reboot.
+    pub consoles: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +33,12 @@ pub enum CmdlineError {
     },
     #[error("{key}={value:?} is not an http:// URL (the agent speaks plain HTTP only)")]
     BadUrl { key: &'static str, value: String },
+    #[error("{key}= is not an ed25519 public key")]
+    BadKey {
+        key: &'static str,
+        #[source]
+        source: HexError,
+    },
 }
 
 impl BootParams {
@@ -66,7 +79,27 @@ impl BootParams {
                 key: cmdline::MAC,
                 source,
             })?;
-        Ok(Self { url, token, mac })
+        let key = match get(cmdline::KEY) {
+            Ok(hex) => Some(hex.parse().map_err(|source| CmdlineError::BadKey {
+                key: cmdline::KEY,
+                source,
+            })?),
+            Err(CmdlineError::Missing(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let consoles = words
+            .iter()
+            .filter_map(|w| w.strip_prefix("console="))
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(Self {
+            url,
+            token,
+            mac,
+            key,
+            consoles,
+        })
     }
 }
 
@@ -114,6 +147,33 @@ mod tests {
         assert_eq!(p.url, "http://10.0.0.1:8080");
         assert_eq!(p.token, "abc123");
         assert_eq!(p.mac.to_string(), "52:54:00:12:34:56");
+        assert!(p.key.is_none());
+    }
+
+    #[test]
+    fn keeps_the_consoles_in_order() {
+        let p = BootParams::parse(&format!(
+            "console=tty0 {LINE} console=ttyS0,115200n8 console="
+        ))
+        .unwrap();
+        assert_eq!(p.consoles, ["tty0", "ttyS0", "ttyS0,115200n8"]);
+    }
+
+    #[test]
+    fn reads_the_optional_key() {
+        let hex = "ab".repeat(32);
+        let p = BootParams::parse(&format!("{LINE} metalcast.key={hex}")).unwrap();
+        assert_eq!(p.key.unwrap().to_string(), hex);
+        for bad in [
+            "metalcast.key=abc",
+            "metalcast.key=",
+            &format!("metalcast.key={}", "AB".repeat(32)),
+        ] {
+            assert!(
+                BootParams::parse(&format!("{LINE} {bad}")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod backoff;
 mod cmdline;
 mod discover;
 mod events;
+mod install;
 mod network;
+mod nodeconf;
+mod provision;
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -17,6 +20,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use metalcast_proto::image::PublicKey;
 use metalcast_proto::{EventReport, Hardware, Level, Node, NodeState, Phase, RegisterRequest};
 use tracing::{error, info, warn};
 
@@ -52,6 +56,12 @@ fn run() -> anyhow::Result<Infallible> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let params = BootParams::parse(&cmdline).context("reading the boot parameters")?;
     info!("appliance {}, boot NIC {}", params.url, params.mac);
+    if params.key.is_none() {
+        warn!(
+            "no {} on the kernel command line: images cannot be verified and will not be installed",
+            metalcast_proto::cmdline::KEY
+        );
+    }
 
     let link = network::bring_up(params.mac).context("bringing up the boot NIC")?;
     let network_up = discover::uptime();
@@ -68,6 +78,8 @@ fn run() -> anyhow::Result<Infallible> {
         api,
         backoff: Backoff::for_api(),
         last: None,
+        key: params.key,
+        consoles: params.consoles,
     };
     agent.report("agent started".to_string(), started);
     agent.report(
@@ -97,6 +109,9 @@ struct Agent {
     backoff: Backoff,
     /// What this boot did with a layout, so each assignment is acted on once.
     last: Option<Outcome>,
+    /// The appliance's image-signing key from the boot parameters.
+    key: Option<PublicKey>,
+    consoles: Vec<String>,
 }
 
 impl Agent {
@@ -156,13 +171,17 @@ impl Agent {
                     }
                     waiting = plan.layout.is_none();
                     if let Some(layout) = apply::to_apply(&plan, self.last.as_ref()) {
-                        self.last = Some(apply::apply(
+                        let (outcome, applied) = apply::apply(
                             &self.api,
                             &self.events,
                             &mut self.backoff,
                             layout,
                             plan.may_wipe,
-                        ));
+                        );
+                        self.last = Some(outcome);
+                        if let (Some(applied), Some(image)) = (applied, &plan.image) {
+                            self.provision(&plan, image, &applied);
+                        }
                     }
                     POLL_INTERVAL
                 }
@@ -179,6 +198,36 @@ impl Agent {
                 }
             };
             sleep(wait);
+        }
+    }
+
+    /// Installs the image into the layout just applied and reboots into it. Returns only
+    /// when that stopped (the events say why); the layout is not applied again in this boot.
+    fn provision(
+        &mut self,
+        plan: &metalcast_proto::AgentPlan,
+        image: &metalcast_proto::ImagePlan,
+        layout: &metalcast_layout::Plan,
+    ) {
+        let done = provision::provision(
+            &self.api,
+            &self.events,
+            &mut self.backoff,
+            provision::FromBoot {
+                key: self.key.as_ref(),
+                consoles: &self.consoles,
+            },
+            plan,
+            image,
+            layout,
+        );
+        match done {
+            Ok(()) => {
+                if let Err(e) = provision::reboot(&self.events, image) {
+                    error!("{e:#}");
+                }
+            }
+            Err(e) => eprintln!("metalcast-agent: {e}; waiting"),
         }
     }
 }

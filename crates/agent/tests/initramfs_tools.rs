@@ -155,6 +155,9 @@ fn every_program_the_layouts_need_is_in_the_initramfs() {
         }
         assert!(planned > 0, "{name} planned on none of the disk sets here");
     }
+    // Installing an image: bind mounts for the chroot, the chroot itself, unmounts, the
+    // flush to disk and the reboot (the tools run inside the chroot come from the image).
+    needed.extend(["mount", "umount", "chroot", "sync", "reboot"].map(str::to_owned));
     // The test sees the whole tool chain: teardown, mkfs of every kind, LVM, mounting.
     for tool in [
         "umount", "vgchange", "mkswap", "mkfs.xfs", "lvcreate", "mount",
