@@ -313,10 +313,23 @@ pub fn teardown_commands(tree: &BlockTree, plan: &Plan) -> Vec<Action> {
     let inside = |path: &str| scope.iter().any(|d| d.path == path);
     let mut out = Vec::new();
 
-    let mut mounts: Vec<&str> = scope
+    let scoped: Vec<&str> = scope
         .iter()
         .filter_map(|d| d.mountpoint.as_deref())
         .filter(|m| m.starts_with('/'))
+        .collect();
+    // A mount below one of ours comes off first even when its device is outside the plan
+    // (another disk's ESP on /target/boot/efi2), or ours would be busy.
+    let mut mounts: Vec<&str> = tree
+        .devices
+        .iter()
+        .flat_map(BlockDevice::walk)
+        .filter_map(|d| d.mountpoint.as_deref())
+        .filter(|m| {
+            scoped
+                .iter()
+                .any(|s| m == s || m.strip_prefix(s).is_some_and(|rest| rest.starts_with('/')))
+        })
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
     mounts.dedup();
@@ -515,6 +528,20 @@ mod tests {
         plan(&layout, &disks, firmware, "52:54:00:12:34:56").unwrap()
     }
 
+    /// `single-uefi` on /dev/vda alone.
+    fn single_disk_plan() -> Plan {
+        let layout = Layout::from_toml(include_str!("../../../layouts/single-uefi.toml")).unwrap();
+        let disk = Disk {
+            path: "/dev/vda".into(),
+            size_bytes: 20 * GIB,
+            model: None,
+            serial: None,
+            rotational: false,
+            by_path: None,
+        };
+        plan(&layout, &[disk], Firmware::Uefi, "52:54:00:12:34:56").unwrap()
+    }
+
     fn lines(actions: &[Action]) -> Vec<String> {
         actions.iter().map(ToString::to_string).collect()
     }
@@ -611,6 +638,27 @@ mod tests {
                 "wipefs --all --force /dev/vdb2",
             ]
         );
+    }
+
+    /// Regression: a second layout in the same boot, on vda alone, failed at `umount /target`
+    /// because vdb1 (outside the new plan) was still mounted on /target/boot/efi2.
+    #[test]
+    fn teardown_unmounts_what_other_disks_mounted_below_ours() {
+        let p = single_disk_plan();
+        let mut tree = applied_tree();
+        let vdb = tree
+            .devices
+            .iter_mut()
+            .find(|d| d.path == "/dev/vdb")
+            .unwrap();
+        vdb.children[0].mountpoint = Some("/target/boot/efi2".into());
+        let all = lines(&teardown_commands(&tree, &p));
+        let at = |line: &str| {
+            all.iter()
+                .position(|l| l == line)
+                .unwrap_or_else(|| panic!("{all:#?}"))
+        };
+        assert!(at("umount /target/boot/efi2") < at("umount /target"));
     }
 
     #[test]
