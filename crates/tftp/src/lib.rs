@@ -7,8 +7,9 @@
 //! - [`transfer`]: [`Sender`], the per-transfer state machine (windows, ACKs, timeouts);
 //! - [`path`]: which file a requested name may open.
 //!
-//! The tokio edge is [`serve`] / [`Server`]: the listening loop only classifies requests; each
-//! transfer runs in its own task on its own UDP port.
+//! The I/O edge is [`serve`] / [`Server`]: the async listening loop only classifies requests;
+//! each transfer runs on its own thread with its own blocking UDP socket (its own port), see
+//! `session.rs` for why.
 
 pub mod config;
 pub mod netascii;
@@ -17,6 +18,7 @@ pub mod packet;
 pub mod path;
 pub mod request;
 mod server;
+mod session;
 mod socket;
 pub mod transfer;
 

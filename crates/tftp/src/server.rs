@@ -1,15 +1,14 @@
-//! The tokio edge: one listening socket that only classifies requests, and one task with its own
-//! socket (its own TID) per transfer, driving a [`Sender`].
+//! The listening edge: one async socket that only classifies requests, and one thread per
+//! accepted request ([`crate::session`]) with its own socket (its own TID).
 
 use std::error::Error;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -17,19 +16,15 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, TftpConfig};
-use crate::netascii::Netascii;
-use crate::options::{Limits, negotiate};
-use crate::packet::{self, ErrorCode, Packet};
-use crate::path::{self, PathError};
-use crate::request::{Mode, ReadRequest, RequestError, parse_request};
+use crate::options::Limits;
+use crate::packet::{self, ErrorCode};
+use crate::request::{ReadRequest, RequestError, parse_request};
+use crate::session;
 use crate::socket;
-use crate::transfer::{BlockSource, Sender, TransferOutcome};
+use crate::transfer::TransferOutcome;
 
 /// Largest UDP payload; the listening socket never truncates a request.
 const LISTEN_BUF: usize = 65_536;
-/// Clients send only ACK and ERROR to a transfer; a longer datagram is cut, which at worst
-/// shortens an ERROR message.
-const TRANSFER_RECV_BUF: usize = 1_500;
 
 /// One finished (or refused) request, sent to the consumer with `try_send`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +60,9 @@ pub enum TftpError {
 pub struct Counters {
     requests: AtomicU64,
     refused: AtomicU64,
-    malformed: AtomicU64,
-    ignored: AtomicU64,
-    wrong_tid: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) ignored: AtomicU64,
+    pub(crate) wrong_tid: AtomicU64,
     completed: AtomicU64,
     aborted_by_client: AtomicU64,
     failed: AtomicU64,
@@ -90,7 +85,7 @@ pub struct CounterSnapshot {
     pub wrong_tid: u64,
     pub completed: u64,
     pub aborted_by_client: u64,
-    /// Transfers abandoned by the server (timeouts, read or send errors).
+    /// Transfers abandoned by the server (timeouts, read or send errors, the server stopping).
     pub failed: u64,
     /// Events not delivered because the consumer's channel was full or closed.
     pub events_dropped: u64,
@@ -113,12 +108,12 @@ impl Counters {
     }
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Binds `config.bind` and serves until an unrecoverable socket error. Dropping the future stops
-/// the server and every transfer in flight.
+/// the server; transfers in flight send error 0 "server shutting down" and end within 0.1 s.
 pub async fn serve(
     config: TftpConfig,
     events: mpsc::Sender<TransferEvent>,
@@ -176,8 +171,8 @@ impl Server {
         Arc::clone(&self.counters)
     }
 
-    /// Serves requests. The loop only parses and spawns: opening files and all transfer traffic
-    /// happen in per-request tasks.
+    /// Serves requests. The loop only parses and hands over: opening files and all transfer
+    /// traffic happen on per-request threads, which stop when this future ends or is dropped.
     pub async fn run(self, events: mpsc::Sender<TransferEvent>) -> Result<(), TftpError> {
         let shared = Arc::new(Shared {
             root: self.root,
@@ -185,7 +180,9 @@ impl Server {
             retries: self.retries,
             counters: self.counters,
             events,
+            stopping: AtomicBool::new(false),
         });
+        let _stop = StopOnDrop(Arc::clone(&shared));
         let mut buf = vec![0; LISTEN_BUF];
         let mut control = socket::control_buffer();
         let mut tasks = JoinSet::new();
@@ -211,13 +208,30 @@ impl Server {
     }
 }
 
-/// What every transfer task needs.
-struct Shared {
-    root: PathBuf,
-    limits: Limits,
-    retries: u32,
-    counters: Arc<Counters>,
+/// What every transfer needs.
+pub(crate) struct Shared {
+    pub(crate) root: PathBuf,
+    pub(crate) limits: Limits,
+    pub(crate) retries: u32,
+    pub(crate) counters: Arc<Counters>,
     events: mpsc::Sender<TransferEvent>,
+    /// Set when the listening loop ends: transfer threads stop at their next look.
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// Tells the transfer threads to stop when the listening loop's future ends or is dropped.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stopping.store(true, Ordering::Relaxed);
+    }
 }
 
 fn dispatch(
@@ -232,7 +246,7 @@ fn dispatch(
             bump(&shared.counters.requests);
             debug!(%peer, file = %request.display_name(), mode = ?request.mode,
                 options = ?request.options, "tftp read request");
-            tasks.spawn(run_request(Arc::clone(shared), request, peer, local));
+            start_transfer(shared, tasks, request, peer, local);
         }
         Err(err) => match err.reply() {
             Some((code, message)) => {
@@ -247,6 +261,41 @@ fn dispatch(
                 debug!(%peer, error = %err, "tftp datagram dropped");
             }
         },
+    }
+}
+
+/// Serves an accepted request on a thread of its own, which reports the outcome.
+fn start_transfer(
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    request: ReadRequest,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let file = request.display_name();
+    let thread_shared = Arc::clone(shared);
+    let thread_file = file.clone();
+    let started = thread::Builder::new()
+        .name("tftp-transfer".to_owned())
+        .spawn(move || {
+            let outcome = session::serve(&thread_shared, &request, peer, local);
+            report(&thread_shared, peer, thread_file, outcome);
+        });
+    if let Err(e) = started {
+        report(
+            shared,
+            peer,
+            file,
+            TransferOutcome::Failed {
+                reason: format!("starting a transfer thread: {e}"),
+            },
+        );
+        tasks.spawn(answer_error(
+            local,
+            peer,
+            ErrorCode::NotDefined,
+            "server busy",
+        ));
     }
 }
 
@@ -294,167 +343,26 @@ async fn refuse(
             debug!(%peer, error = %err, "tftp packet refused");
         }
     }
-    if let Ok(socket) = bind_transfer_socket(local, peer).await {
-        send_error(&socket, peer, code, message).await;
-    }
+    answer_error(local, peer, code, message).await;
 }
 
-async fn run_request(
-    shared: Arc<Shared>,
-    request: ReadRequest,
-    peer: SocketAddr,
-    local: SocketAddr,
-) {
-    let file = request.display_name();
-    let outcome = serve_request(&shared, request, peer, local).await;
-    report(&shared, peer, file, outcome);
-}
-
-async fn serve_request(
-    shared: &Shared,
-    request: ReadRequest,
-    peer: SocketAddr,
-    local: SocketAddr,
-) -> TransferOutcome {
-    let socket = match bind_transfer_socket(local, peer).await {
+/// Sends one TFTP error to `peer` from a fresh port on `local`'s address.
+async fn answer_error(local: SocketAddr, peer: SocketAddr, code: ErrorCode, message: &str) {
+    let socket = match UdpSocket::bind(local).await {
         Ok(socket) => socket,
         Err(e) => {
-            return TransferOutcome::Failed {
-                reason: format!("binding a transfer socket on {}: {e}", local.ip()),
-            };
+            warn!(%peer, %local, error = %e, "tftp: cannot bind a socket to answer from");
+            return;
         }
     };
-    let root = shared.root.clone();
-    let name = request.filename.clone();
-    let mode = request.mode;
-    // Canonicalizing and opening may touch a slow disk: keep it off the async workers.
-    let source = match tokio::task::spawn_blocking(move || open_source(&root, &name, mode)).await {
-        Ok(Ok(source)) => source,
-        Ok(Err(err)) => {
-            let (code, message) = err.reply();
-            send_error(&socket, peer, code, message).await;
-            return TransferOutcome::Refused {
-                reason: error_chain(&err),
-            };
-        }
-        Err(e) => {
-            send_error(&socket, peer, ErrorCode::NotDefined, "internal error").await;
-            return TransferOutcome::Failed {
-                reason: format!("opening the file: {e}"),
-            };
-        }
-    };
-    let agreed = negotiate(&request.options, &shared.limits, source.size());
-    let sender = Sender::new(source, &agreed, shared.retries, now());
-    drive(shared, &socket, peer, sender).await
-}
-
-async fn bind_transfer_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(local)
-        .await
-        .inspect_err(|e| warn!(%peer, %local, error = %e, "tftp: cannot bind a transfer socket"))
-}
-
-/// Runs the state machine against the transfer's socket until it finishes.
-async fn drive(
-    shared: &Shared,
-    socket: &UdpSocket,
-    peer: SocketAddr,
-    mut sender: Sender<FileSource>,
-) -> TransferOutcome {
-    let mut buf = vec![0; TRANSFER_RECV_BUF];
-    // The deadline moves with every block; re-registering a tokio timer each time costs more than
-    // the rest of the block. Instead the timer stays armed and is moved only when it must fire
-    // sooner; firing early is harmless (the sender checks its own deadline) and re-arms it.
-    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    loop {
-        while let Some(datagram) = sender.poll_transmit(now()) {
-            if let Err(e) = socket.send_to(datagram, peer).await {
-                return TransferOutcome::Failed {
-                    reason: format!("sending to {peer}: {e}"),
-                };
-            }
-        }
-        if let Some(outcome) = sender.outcome().filter(|_| sender.is_finished()) {
-            return outcome.clone();
-        }
-        match (sender.poll_timeout(), armed) {
-            (Some(deadline), Some(at)) if at <= deadline => {}
-            (Some(deadline), _) => {
-                timer.as_mut().reset(deadline.into());
-                armed = Some(deadline);
-            }
-            (None, _) => armed = None,
-        }
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let (len, from) = match received {
-                    Ok(received) => received,
-                    Err(e) if is_transient(&e) => continue,
-                    Err(e) => return TransferOutcome::Failed {
-                        reason: format!("receiving from {peer}: {e}"),
-                    },
-                };
-                let datagram = &buf[..len];
-                if socket::canonical(from) != peer {
-                    wrong_tid(shared, socket, from, datagram).await;
-                    continue;
-                }
-                match packet::parse(datagram) {
-                    Ok(Packet::Ack { block }) => sender.handle_ack(now(), block),
-                    Ok(Packet::Error { code, message }) => {
-                        sender.handle_error(code, &String::from_utf8_lossy(message));
-                    }
-                    Ok(other) => {
-                        bump(&shared.counters.ignored);
-                        debug!(%peer, packet = ?other, "tftp: unexpected packet in a transfer");
-                    }
-                    Err(e) => {
-                        bump(&shared.counters.malformed);
-                        debug!(%peer, error = %e, "tftp: malformed packet in a transfer");
-                    }
-                }
-            }
-            () = &mut timer, if armed.is_some() => {
-                armed = None;
-                sender.handle_timeout(now());
-            }
-        }
-    }
-}
-
-/// RFC 1350: a packet from an unknown TID gets error 5 and does not disturb the transfer.
-async fn wrong_tid(shared: &Shared, socket: &UdpSocket, from: SocketAddr, datagram: &[u8]) {
-    bump(&shared.counters.wrong_tid);
-    debug!(%from, "tftp: packet from an unknown transfer id");
-    // Never answer an ERROR with an ERROR.
-    if !matches!(packet::parse(datagram), Ok(Packet::Error { .. })) {
-        send_error(
-            socket,
-            from,
-            ErrorCode::UnknownTransferId,
-            "unknown transfer ID",
-        )
-        .await;
-    }
-}
-
-async fn send_error(socket: &UdpSocket, to: SocketAddr, code: ErrorCode, message: &str) {
     let mut buf = Vec::new();
     packet::encode_error(&mut buf, code, message);
-    if let Err(e) = socket.send_to(&buf, to).await {
-        debug!(%to, error = %e, "tftp: sending an error packet failed");
+    if let Err(e) = socket.send_to(&buf, peer).await {
+        debug!(to = %peer, error = %e, "tftp: sending an error packet failed");
     }
 }
 
-/// The one clock of the edge; tokio's, so paused-time tests control it.
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-fn is_transient(e: &io::Error) -> bool {
+pub(crate) fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::Interrupted
@@ -505,7 +413,7 @@ fn report(shared: &Shared, peer: SocketAddr, file: String, outcome: TransferOutc
 }
 
 /// An error and its sources, for a log line or an event reason.
-fn error_chain(err: &dyn Error) -> String {
+pub(crate) fn error_chain(err: &dyn Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -515,49 +423,10 @@ fn error_chain(err: &dyn Error) -> String {
     text
 }
 
-/// The bytes of an opened file as the transfer mode presents them.
-enum FileSource {
-    Octet { file: File, size: u64 },
-    Netascii(Netascii<File>),
-}
-
-impl FileSource {
-    /// Bytes the client will receive (what tsize reports).
-    fn size(&self) -> u64 {
-        match self {
-            Self::Octet { size, .. } => *size,
-            Self::Netascii(text) => text.translated_len(),
-        }
-    }
-}
-
-impl BlockSource for FileSource {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Octet { file, .. } => file.read_at(offset, buf),
-            Self::Netascii(text) => text.read_at(offset, buf),
-        }
-    }
-}
-
-/// Resolves and opens the requested file; blocking.
-fn open_source(root: &Path, requested: &[u8], mode: Mode) -> Result<FileSource, PathError> {
-    let relative = path::sanitize(requested)?;
-    let (file, size) = path::open_in_root(root, &relative)?;
-    match mode {
-        Mode::Octet => Ok(FileSource::Octet { file, size }),
-        Mode::Netascii => Netascii::new(file)
-            .map(FileSource::Netascii)
-            .map_err(|source| PathError::Io {
-                path: relative,
-                source,
-            }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::path::PathError;
 
     #[test]
     fn reply_addr_prefers_the_request_destination() {

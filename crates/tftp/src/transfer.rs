@@ -2,14 +2,19 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use crate::options::Negotiated;
 use crate::packet::{self, DATA_HEADER_LEN, ErrorCode};
 
-/// Where a transfer's bytes come from, read by position so a retransmission rereads a block
-/// instead of keeping the window in memory.
+/// Bytes a transfer reads from its source at once (rounded down to whole blocks, at least one):
+/// one read serves the next several dozen blocks instead of one system call per block.
+pub const READ_AHEAD: usize = 64 * 1024;
+
+/// Where a transfer's bytes come from, read by position, so any block (a retransmitted one too)
+/// can be read again.
 pub trait BlockSource {
     /// Fills `buf` with the bytes at `offset`. Returns fewer than `buf.len()` bytes only at the
     /// end of the data.
@@ -63,6 +68,13 @@ pub enum TransferOutcome {
 /// `now` is always supplied by the caller, so tests own time. Getters: [`Sender::outcome`],
 /// [`Sender::is_finished`].
 ///
+/// # Reading
+///
+/// Blocks are read from the source [`READ_AHEAD`] bytes at a time, starting at the block about to
+/// be sent, and kept until a block outside them is needed. A retransmission inside the buffered
+/// range is served from memory; one before it (a window longer than the buffer) reads again from
+/// the retransmitted block.
+///
 /// # Block numbers
 ///
 /// Internally blocks are counted from 1 in a `u64`; on the wire the number is that count modulo
@@ -79,6 +91,12 @@ pub struct Sender<S> {
     started: Instant,
     /// The datagram most recently handed out by `poll_transmit`, reused for every packet.
     buf: Vec<u8>,
+    /// Source bytes read ahead, allocated at the first read; whole blocks, at least one.
+    ahead: Vec<u8>,
+    ahead_capacity: usize,
+    /// Source offset of `ahead[0]` and how many bytes the read returned, once read. Fewer than
+    /// `ahead_capacity` means the data ends there.
+    buffered: Option<(u64, usize)>,
     /// The encoded OACK while it waits for ACK 0.
     oack: Option<Vec<u8>>,
     /// The OACK has to be (re)sent.
@@ -122,6 +140,9 @@ impl<S: BlockSource> Sender<S> {
             max_retries,
             started: now,
             buf: Vec::with_capacity(DATA_HEADER_LEN + usize::from(agreed.blksize)),
+            ahead: Vec::new(),
+            ahead_capacity: read_ahead_capacity(agreed.blksize),
+            buffered: None,
             oack_due: oack.is_some(),
             oack,
             acked: 0,
@@ -162,15 +183,11 @@ impl<S: BlockSource> Sender<S> {
         let block = self.next;
         let blksize = usize::from(self.blksize);
         let offset = (block - 1).saturating_mul(u64::from(self.blksize));
-        packet::encode_data_header(&mut self.buf, wire_block(block));
-        self.buf.resize(DATA_HEADER_LEN + blksize, 0);
-        match self
-            .source
-            .read_at(offset, &mut self.buf[DATA_HEADER_LEN..])
-        {
-            Ok(len) => {
-                let len = len.min(blksize);
-                self.buf.truncate(DATA_HEADER_LEN + len);
+        match self.buffered_block(offset) {
+            Ok(range) => {
+                let len = range.len();
+                packet::encode_data_header(&mut self.buf, wire_block(block));
+                self.buf.extend_from_slice(&self.ahead[range]);
                 if len < blksize {
                     self.last = Some((block, len));
                 }
@@ -282,6 +299,30 @@ impl<S: BlockSource> Sender<S> {
         self.outcome.is_some() && self.error_due.is_none()
     }
 
+    /// Where in `ahead` the block at `offset` is, reading ahead from `offset` if it is not
+    /// buffered. A range shorter than a block is the last block.
+    fn buffered_block(&mut self, offset: u64) -> io::Result<Range<usize>> {
+        let blksize = usize::from(self.blksize);
+        let within = |(start, len): (u64, usize)| {
+            let from = usize::try_from(offset.checked_sub(start)?).ok()?;
+            let ends_here = len < self.ahead_capacity;
+            // A whole block, or whatever is left of data that ends in the buffer.
+            (from + blksize <= len || (ends_here && from <= len)).then_some(from)
+        };
+        let from = match self.buffered.and_then(within) {
+            Some(from) => from,
+            None => {
+                self.buffered = None;
+                self.ahead.resize(self.ahead_capacity, 0);
+                let len = self.source.read_at(offset, &mut self.ahead)?;
+                self.buffered = Some((offset, len.min(self.ahead_capacity)));
+                0
+            }
+        };
+        let len = self.buffered.map_or(0, |(_, len)| len);
+        Ok(from..(from + blksize).min(len))
+    }
+
     fn progress(&mut self) {
         self.retries = 0;
         self.deadline = None;
@@ -301,6 +342,13 @@ impl<S: BlockSource> Sender<S> {
             _ => self.acked * u64::from(self.blksize),
         }
     }
+}
+
+/// The read-ahead buffer size for `blksize`: [`READ_AHEAD`] rounded down to whole blocks, at
+/// least one block, so a buffered block never straddles the end of the buffer.
+fn read_ahead_capacity(blksize: u16) -> usize {
+    let blksize = usize::from(blksize.max(1));
+    blksize * (READ_AHEAD / blksize).max(1)
 }
 
 /// The 16-bit block number on the wire: the count modulo 65536 (rollover to 0).
@@ -703,17 +751,15 @@ mod tests {
     #[test]
     fn read_error_fails_the_transfer_with_an_error_packet() {
         let t0 = Instant::now();
-        let mut source = MemSource::new(vec![1; 4096]);
-        source.fail_from = Some(1024);
+        // The first read ahead succeeds; the second, at block 129, fails.
+        let mut source = MemSource::new(vec![1; READ_AHEAD + 4096]);
+        source.fail_from = Some(READ_AHEAD as u64);
         let mut s = Sender::new(source, &agreed(512, 4, &[]), 5, t0);
-        assert_eq!(
-            drain(&mut s, t0),
-            [
-                Out::Data(1, vec![1; 512]),
-                Out::Data(2, vec![1; 512]),
-                Out::Error(0)
-            ]
-        );
+        for window_end in (4..=128).step_by(4) {
+            assert_eq!(drain(&mut s, t0).len(), 4);
+            s.handle_ack(t0, window_end);
+        }
+        assert_eq!(drain(&mut s, t0), [Out::Error(0)]);
         assert!(s.is_finished());
         assert!(
             matches!(s.outcome(), Some(TransferOutcome::Failed { reason }) if reason.contains("injected"))
@@ -721,13 +767,121 @@ mod tests {
     }
 
     #[test]
-    fn retransmission_rereads_instead_of_buffering() {
+    fn read_ahead_capacity_is_whole_blocks() {
+        assert_eq!(read_ahead_capacity(512), READ_AHEAD);
+        assert_eq!(read_ahead_capacity(1468), 44 * 1468);
+        assert_eq!(read_ahead_capacity(8), READ_AHEAD);
+        // A block larger than the read-ahead size: one block per read.
+        assert_eq!(read_ahead_capacity(65_464), 65_464);
+    }
+
+    /// Runs a transfer to the end with `windowsize`, acknowledging every window whole, and returns
+    /// the bytes received.
+    fn receive_all(s: &mut Sender<MemSource>, now: Instant) -> Vec<u8> {
+        let mut received = Vec::new();
+        while !s.is_finished() {
+            let mut last = None;
+            for out in drain(s, now) {
+                let Out::Data(block, bytes) = out else {
+                    panic!("unexpected {out:?}");
+                };
+                received.extend_from_slice(&bytes);
+                last = Some(block);
+            }
+            s.handle_ack(now, last.expect("a window"));
+        }
+        received
+    }
+
+    #[test]
+    fn reads_ahead_once_per_buffer() {
         let t0 = Instant::now();
-        let mut s = Sender::new(MemSource::new(vec![1; 4096]), &agreed(512, 4, &[]), 5, t0);
-        drain(&mut s, t0);
+        let cap = read_ahead_capacity(1468);
+        let data = pseudo_random(3 * cap + 5, 3);
+        let mut s = Sender::new(MemSource::new(data.clone()), &agreed(1468, 1, &[]), 5, t0);
+        assert_eq!(receive_all(&mut s, t0), data);
+        // Three full buffers and the 5 bytes after them.
         assert_eq!(s.source.reads, 4);
+    }
+
+    #[test]
+    fn data_ending_at_the_buffer_end_reads_once_more_for_the_empty_block() {
+        let t0 = Instant::now();
+        let cap = read_ahead_capacity(1468);
+        let data = pseudo_random(cap, 4);
+        let mut s = Sender::new(MemSource::new(data.clone()), &agreed(1468, 4, &[]), 5, t0);
+        assert_eq!(receive_all(&mut s, t0), data);
+        // The full buffer could have been followed by more; the second read finds the end.
+        assert_eq!(s.source.reads, 2);
+        assert!(matches!(
+            s.outcome(),
+            Some(TransferOutcome::Completed { bytes, .. }) if *bytes == cap as u64
+        ));
+    }
+
+    #[test]
+    fn data_ending_inside_the_buffer_is_read_once() {
+        let t0 = Instant::now();
+        // An exact multiple of the block size: the empty last block comes from the same read.
+        let data = pseudo_random(10 * 512, 5);
+        let mut s = Sender::new(MemSource::new(data.clone()), &agreed(512, 3, &[]), 5, t0);
+        assert_eq!(receive_all(&mut s, t0), data);
+        assert_eq!(s.source.reads, 1);
+    }
+
+    #[test]
+    fn retransmitted_window_inside_the_buffer_is_not_read_again() {
+        let t0 = Instant::now();
+        let data = pseudo_random(4096, 6);
+        let mut s = Sender::new(MemSource::new(data.clone()), &agreed(512, 4, &[]), 5, t0);
+        let first = drain(&mut s, t0);
+        assert_eq!(s.source.reads, 1);
         s.handle_timeout(t0 + TIMEOUT);
-        drain(&mut s, t0 + TIMEOUT);
-        assert_eq!(s.source.reads, 8);
+        assert_eq!(drain(&mut s, t0 + TIMEOUT), first);
+        s.handle_ack(t0, 2);
+        assert_eq!(
+            drain(&mut s, t0),
+            [3, 4, 5, 6].map(|b| Out::Data(b, data[(b as usize - 1) * 512..][..512].to_vec()))
+        );
+        assert_eq!(s.source.reads, 1);
+    }
+
+    #[test]
+    fn retransmission_before_the_buffer_reads_from_the_resent_block() {
+        let t0 = Instant::now();
+        let cap = read_ahead_capacity(512);
+        let per_buffer = u16::try_from(cap / 512).expect("small");
+        // A window of one and a half buffers: its second half needs a second read.
+        let window = per_buffer + per_buffer / 2;
+        let data = pseudo_random(3 * cap, 8);
+        let mut s = Sender::new(
+            MemSource::new(data.clone()),
+            &agreed(512, window, &[]),
+            5,
+            t0,
+        );
+        let first = drain(&mut s, t0);
+        assert_eq!(first.len(), usize::from(window));
+        assert_eq!(s.source.reads, 2);
+        // The client lost block 3: resending from there reads from block 3 again, and once more
+        // for the window's last blocks.
+        s.handle_ack(t0, 2);
+        let resent = drain(&mut s, t0);
+        assert_eq!(s.source.reads, 4);
+        assert_eq!(blocks(&resent), (3..=window + 2).collect::<Vec<_>>());
+        assert!(
+            resent[..first.len() - 2] == first[2..],
+            "resent blocks differ"
+        );
+        s.handle_ack(t0, window + 2);
+        let mut received = Vec::new();
+        for out in first[..2].iter().chain(&resent) {
+            let Out::Data(_, bytes) = out else {
+                panic!("unexpected {out:?}");
+            };
+            received.extend_from_slice(bytes);
+        }
+        received.extend(receive_all(&mut s, t0));
+        assert!(received == data, "received bytes differ from the source");
     }
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use metalcast_tftp::{Counters, Server, TftpConfig, TransferEvent, TransferOutcome};
+use metalcast_tftp::{Counters, Server, TftpConfig, TftpError, TransferEvent, TransferOutcome};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -55,6 +56,7 @@ struct Fixture {
     events: mpsc::Receiver<TransferEvent>,
     counters: Arc<Counters>,
     root: Root,
+    server: JoinHandle<Result<(), TftpError>>,
 }
 
 impl Fixture {
@@ -70,12 +72,13 @@ impl Fixture {
         let addr = server.local_addr();
         let counters = server.counters();
         let (tx, events) = mpsc::channel(1024);
-        tokio::spawn(server.run(tx));
+        let server = tokio::spawn(server.run(tx));
         Self {
             addr,
             events,
             counters,
             root,
+            server,
         }
     }
 
@@ -597,6 +600,41 @@ async fn silent_client_is_abandoned_after_the_retries() {
         "{event:?}"
     );
     assert_eq!(fx.counters.snapshot().failed, 1);
+}
+
+#[tokio::test]
+async fn stopping_the_server_ends_transfers_in_flight() {
+    // A 10 s timeout: an ERROR sooner than that comes from the stop, not from retries.
+    let mut fx = Fixture::start(|c| c.timeout_ms = 10_000).await;
+    fx.root.write("f", &content(5000, 10));
+    let mut client = Client::new(fx.addr).await;
+    client.send_request(&rrq(b"f", "octet", &[])).await;
+    assert!(matches!(client.recv().await, Reply::Data(1, _)));
+    let stopped = Instant::now();
+    fx.server.abort();
+    assert_eq!(
+        client.recv().await,
+        Reply::Error(0, "server shutting down".into())
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let event = fx.next_event().await;
+    assert!(
+        matches!(&event.outcome, TransferOutcome::Failed { reason } if reason.contains("stopped")),
+        "{event:?}"
+    );
+    // Nothing listens any more.
+    let late = Client::new(fx.addr).await;
+    late.send_request(&rrq(b"f", "octet", &[])).await;
+    let mut buf = [0; 100];
+    assert!(
+        timeout(Duration::from_millis(300), late.socket.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
