@@ -25,6 +25,8 @@ packages=(
     # initramfs contents (copied from the host) and kernel modules tooling
     busybox-static kmod cpio zstd mdadm lvm2 e2fsprogs xfsprogs dosfstools gdisk fdisk
     efibootmgr kexec-tools util-linux
+    # image recipes (images/*)
+    debootstrap
     # peers used by the tests and benchmarks
     dnsmasq-base isc-dhcp-relay kea-admin kea-dhcp4-server tftpd-hpa sqlite3
 )

@@ -223,6 +223,7 @@ pub struct Appliance<'a> {
     bins: &'a Binaries,
     pub url: String,
     pub token: String,
+    config: PathBuf,
     daemon: Daemon,
 }
 
@@ -242,34 +243,54 @@ impl<'a> Appliance<'a> {
             .arg(&config_path))?;
         let token = parse_token(&String::from_utf8_lossy(&out.stdout))
             .context("`metalcastd token create` printed no token")?;
-        let mut cmd = ns.command(&bins.metalcastd);
-        cmd.args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info,metalcast=debug");
-        let daemon = Daemon::spawn("metalcastd", &mut cmd, &dir.join("metalcastd.log"))?;
+        let daemon = Self::spawn(ns, bins, &config_path, &dir.join("metalcastd.log"))?;
         let mut appliance = Appliance {
             ns,
             bins,
             url: url.to_string(),
             token,
+            config: config_path,
             daemon,
         };
-        let health = format!("{url}/healthz");
+        appliance.wait_healthy()?;
+        Ok(appliance)
+    }
+
+    fn spawn(ns: &Netns, bins: &Binaries, config: &Path, log: &Path) -> Result<Daemon> {
+        let mut cmd = ns.command(&bins.metalcastd);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,metalcast=debug");
+        Daemon::spawn("metalcastd", &mut cmd, log)
+    }
+
+    fn wait_healthy(&mut self) -> Result<()> {
+        let health = format!("{}/healthz", self.url);
         wait_for(
             "metalcastd /healthz",
             Duration::from_secs(20),
             Duration::from_millis(200),
             || {
-                appliance.daemon.check_alive()?;
-                let ok = ns
+                self.daemon.check_alive()?;
+                let ok = self
+                    .ns
                     .command("curl")
                     .args(["-sf", "-o", "/dev/null", "--max-time", "2", &health])
                     .status()
                     .is_ok_and(|s| s.success());
                 Ok(ok.then_some(()))
             },
-        )?;
-        Ok(appliance)
+        )
+    }
+
+    /// Stops `metalcastd` for `outage`, then starts it again on the same config and data
+    /// (its second log is `metalcastd.restarted.log`).
+    pub fn outage(&mut self, outage: Duration) -> Result<()> {
+        self.daemon.stop();
+        std::thread::sleep(outage);
+        let log = self.config.with_file_name("metalcastd.restarted.log");
+        self.daemon = Self::spawn(self.ns, self.bins, &self.config, &log)?;
+        self.wait_healthy()
     }
 
     /// Runs the `metalcast` CLI against this appliance; returns its stdout.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod e2e;
+mod image;
 mod initramfs;
 mod lab;
 mod test;
@@ -33,6 +34,8 @@ enum Command {
     E2e(e2e::Args),
     /// Benchmarks of metalcastd's boot services against the peer tools (dnsmasq, Kea, tftpd-hpa).
     Bench(bench::Args),
+    /// Build an image tarball from a recipe under images/ (debootstrap) and print its path.
+    Image(image::Args),
     /// Everything CI runs: rustfmt, clippy, unit tests, end-to-end tests.
     Test,
 }
@@ -55,6 +58,7 @@ fn main() -> Result<()> {
         }
         Command::E2e(args) => e2e::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Image(args) => image::run(args),
         Command::Test => test::run(),
     }
 }

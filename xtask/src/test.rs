@@ -19,7 +19,9 @@ pub fn run() -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace"])?;
-    e2e::run(e2e::Args { suites: Vec::new() })
+    e2e::run(e2e::Args {
+        suites: vec![e2e::Suite::Boot, e2e::Suite::Layout],
+    })
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -1,7 +1,9 @@
 //! The HTTP API client: one method per route the CLI uses.
 
+use metalcast_proto::image::{ChunkList, Digest, ImageSummary, Manifest, SignedManifest};
 use metalcast_proto::{
-    API_PREFIX, ApiError, LayoutPlan, MacAddr, Node, NodeDetail, NodeSettings, NodeState, SetState,
+    API_PREFIX, ApiError, GcSummary, ImageVersions, LayoutPlan, MacAddr, Node, NodeDetail,
+    NodeSettings, NodeState, SetLatest, SetState,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +70,73 @@ impl Client {
         self.get(&format!("/nodes/{mac}/layout-plan"))
     }
 
+    pub fn images(&self) -> Result<Vec<ImageSummary>, ClientError> {
+        self.get("/images")
+    }
+
+    pub fn image(&self, name: &str) -> Result<ImageVersions, ClientError> {
+        self.get(&format!("/images/{name}"))
+    }
+
+    pub fn set_latest(&self, name: &str, version: &str) -> Result<ImageVersions, ClientError> {
+        let body = SetLatest {
+            version: version.to_owned(),
+        };
+        self.put(&format!("/images/{name}/latest"), &body)
+    }
+
+    pub fn image_gc(&self) -> Result<GcSummary, ClientError> {
+        let url = self.url("/images/gc");
+        let result = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_empty();
+        decode(url, result)
+    }
+
+    /// Asks the store to sign and keep a manifest whose chunks it already has.
+    pub fn create_image(&self, manifest: &Manifest) -> Result<SignedManifest, ClientError> {
+        self.post("/images", manifest)
+    }
+
+    /// Those of `chunks` the appliance's store lacks.
+    pub fn missing_chunks(&self, chunks: Vec<Digest>) -> Result<Vec<Digest>, ClientError> {
+        let answer: ChunkList = self.post("/chunks/missing", &ChunkList { chunks })?;
+        Ok(answer.chunks)
+    }
+
+    /// Uploads one zstd-compressed chunk; true when the appliance did not have it yet.
+    pub fn put_chunk(&self, hash: &Digest, compressed: &[u8]) -> Result<bool, ClientError> {
+        let url = self.url(&format!("/chunks/{hash}"));
+        let result = self
+            .agent
+            .put(&url)
+            .header("Authorization", &self.auth)
+            .header("Content-Type", "application/zstd")
+            .send(compressed);
+        let response = checked(url, result)?;
+        Ok(response.status().as_u16() == 201)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let result = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_json(body);
+        decode(url, result)
+    }
+
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{API_PREFIX}{path}", self.base);
         let result = self
@@ -93,10 +162,28 @@ impl Client {
     }
 }
 
-fn decode<T: DeserializeOwned>(
-    url: String,
-    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<T, ClientError> {
+impl ClientError {
+    /// The HTTP status the appliance answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+type Answer = Result<ureq::http::Response<ureq::Body>, ureq::Error>;
+
+fn decode<T: DeserializeOwned>(url: String, result: Answer) -> Result<T, ClientError> {
+    let mut response = checked(url.clone(), result)?;
+    response
+        .body_mut()
+        .read_json()
+        .map_err(|source| ClientError::BadBody { url, source })
+}
+
+/// The response if its status is 2xx; else the appliance's error message.
+fn checked(url: String, result: Answer) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
     let mut response = match result {
         Ok(r) => r,
         Err(source) => return Err(ClientError::Unreachable { url, source }),
@@ -113,8 +200,5 @@ fn decode<T: DeserializeOwned>(
             message,
         });
     }
-    response
-        .body_mut()
-        .read_json()
-        .map_err(|source| ClientError::BadBody { url, source })
+    Ok(response)
 }

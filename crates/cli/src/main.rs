@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use metalcast_proto::{MacAddr, NodeSettings, NodeState};
 
 mod client;
+mod image;
 mod layout;
 mod render;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Disk layouts, checked locally (no appliance needed).
     #[command(subcommand)]
     Layout(layout::LayoutCommand),
+    /// Images: import, list, show, rollback, gc.
+    #[command(subcommand, visible_alias = "images")]
+    Image(image::ImageCommand),
 }
 
 #[derive(Subcommand)]
@@ -63,9 +67,15 @@ enum NodesCommand {
         /// Name of a layout in the appliance's layouts directory.
         #[arg(long)]
         layout: Option<String>,
+        /// Image to install: NAME follows its `latest`, NAME@VERSION pins one version.
+        #[arg(long, value_parser = image::parse_image_ref)]
+        image: Option<String>,
         #[arg(long)]
         state: Option<NodeState>,
     },
+    /// Reinstall a node on its next network boot (sets its state to provisioning; its disks
+    /// will be wiped).
+    Reimage { mac: MacAddr },
     /// Dry run: the node's layout planned against its registered disks.
     Plan { mac: MacAddr },
 }
@@ -79,36 +89,60 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let nodes = match cli.command {
-        Command::Layout(command) => return layout::run(command),
-        Command::Nodes(command) => command,
+    let Cli {
+        url,
+        token,
+        command,
+    } = cli;
+    let connect = || -> Result<Client> {
+        let token = token.context(
+            "no API token: pass --token or set METALCAST_TOKEN (make one with `metalcastd token create`)",
+        )?;
+        Ok(Client::new(&url, &token))
     };
-    let token = cli
-        .token
-        .context("no API token: pass --token or set METALCAST_TOKEN (make one with `metalcastd token create`)")?;
-    let client = Client::new(&cli.url, &token);
-    match nodes {
-        NodesCommand::List { json } => nodes_list(&client, json),
-        NodesCommand::Show { mac, json } => nodes_show(&client, mac, json),
-        NodesCommand::SetState { mac, state } => nodes_set_state(&client, mac, state),
+    match command {
+        Command::Layout(command) => layout::run(command),
+        Command::Image(command) => image::run(&connect()?, command),
+        Command::Nodes(command) => nodes(&connect()?, command),
+    }
+}
+
+fn nodes(client: &Client, command: NodesCommand) -> Result<()> {
+    match command {
+        NodesCommand::List { json } => nodes_list(client, json),
+        NodesCommand::Show { mac, json } => nodes_show(client, mac, json),
+        NodesCommand::SetState { mac, state } => nodes_set_state(client, mac, state),
         NodesCommand::Set {
             mac,
             hostname,
             layout,
+            image,
             state,
         } => {
             let settings = NodeSettings {
                 hostname,
                 layout,
-                image: None,
+                image,
                 state,
             };
             anyhow::ensure!(
                 settings != NodeSettings::default(),
-                "nothing to set: give --hostname, --layout or --state"
+                "nothing to set: give --hostname, --layout, --image or --state"
             );
             let node = client.update_node(mac, &settings)?;
             print!("{}", render::node_settings(&node));
+            Ok(())
+        }
+        NodesCommand::Reimage { mac } => {
+            let node = client.set_state(mac, NodeState::Provisioning)?;
+            println!(
+                "{} is now {}: it is reinstalled with {} on its next network boot",
+                node.mac,
+                node.state,
+                node.image
+                    .as_deref()
+                    .unwrap_or("no image (set one with --image)")
+            );
             Ok(())
         }
         NodesCommand::Plan { mac } => {

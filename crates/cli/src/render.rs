@@ -3,8 +3,11 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use metalcast_proto::image::{ImageSummary, SignedManifest};
 use metalcast_proto::layout::BlockDevice;
-use metalcast_proto::{Event, Node, NodeDetail, Phase};
+use metalcast_proto::{Event, GcSummary, ImageVersions, Node, NodeDetail, Phase};
+
+use crate::image::UploadStats;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -133,11 +136,141 @@ pub fn phase_timings(events: &[Event]) -> Vec<(Phase, f64)> {
 /// What `nodes set` changed, as the appliance now has it.
 pub fn node_settings(node: &Node) -> String {
     format!(
-        "{} state={} hostname={} layout={}\n",
+        "{} state={} hostname={} layout={} image={}\n",
         node.mac,
         node.state,
         node.hostname.as_deref().unwrap_or("-"),
-        node.layout.as_deref().unwrap_or("-")
+        node.layout.as_deref().unwrap_or("-"),
+        node.image.as_deref().unwrap_or("-")
+    )
+}
+
+/// Civil UTC date and time of seconds since the epoch: (year, month, day, hour, minute,
+/// second). Days to date after Howard Hinnant's `civil_from_days`.
+pub fn utc_fields(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month as u32,
+        day as u32,
+        (rem / 3600) as u32,
+        (rem / 60 % 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// `YYYY-MM-DD HH:MM` UTC.
+fn date_time(ms: i64) -> String {
+    let (y, mo, d, h, mi, _) = utc_fields(ms.div_euclid(1000));
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
+}
+
+/// The first 12 hex digits of an id: enough to tell versions apart on screen.
+fn short_id(id: &impl std::fmt::Display) -> String {
+    id.to_string().chars().take(12).collect()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+pub fn image_table(images: &[ImageSummary]) -> String {
+    let mut rows = vec![
+        [
+            "NAME", "VERSION", "CREATED", "OS", "SIZE", "STORED", "CHUNKS", "ID",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in images {
+        rows.push(vec![
+            i.name.clone(),
+            i.version.clone(),
+            date_time(i.created_ms),
+            os_family(i),
+            human_bytes(i.size),
+            human_bytes(i.stored_size),
+            i.chunks.to_string(),
+            short_id(&i.id),
+        ]);
+    }
+    table(&rows)
+}
+
+fn os_family(i: &ImageSummary) -> String {
+    serde_json::to_value(i.os_family)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// An image's versions, oldest first, `latest` marked with `*`.
+pub fn image_versions(v: &ImageVersions) -> String {
+    let mut out = format!(
+        "image   {}\nlatest  {}\n\n",
+        v.name,
+        v.latest.as_deref().unwrap_or("-")
+    );
+    let mut rows = vec![
+        [
+            "", "VERSION", "CREATED", "SIZE", "STORED", "CHUNKS", "ID", "PARENT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in &v.versions {
+        let latest = v.latest.as_deref() == Some(i.version.as_str());
+        rows.push(vec![
+            if latest { "*" } else { "" }.into(),
+            i.version.clone(),
+            date_time(i.created_ms),
+            human_bytes(i.size),
+            human_bytes(i.stored_size),
+            i.chunks.to_string(),
+            short_id(&i.id),
+            i.parent
+                .as_ref()
+                .map(short_id)
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+pub fn gc_summary(gc: &GcSummary) -> String {
+    format!(
+        "gc: removed {} unreferenced chunk(s), freed {}",
+        gc.chunks_removed,
+        human_bytes(gc.bytes_freed)
+    )
+}
+
+/// The closing lines of `image import`.
+pub fn import_summary(signed: &SignedManifest, stats: &UploadStats) -> String {
+    let m = &signed.manifest;
+    let total = m.chunks.len();
+    format!(
+        "imported {}@{}: {total} chunks ({} new, {} deduplicated), {} stream, {} new \
+         ({} sent)\nmanifest {}\n",
+        m.name,
+        m.version,
+        stats.chunks_new,
+        total.saturating_sub(stats.chunks_new),
+        mib(m.size),
+        mib(stats.bytes_new),
+        mib(stats.bytes_sent),
+        signed.id
     )
 }
 
@@ -168,6 +301,7 @@ pub fn node_detail(detail: &NodeDetail) -> String {
     let _ = writeln!(out, "hostname  {}", node.hostname.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "ip        {}", node.ip.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "layout    {}", node.layout.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "image     {}", node.image.as_deref().unwrap_or("-"));
     if let Some(hw) = &node.hardware {
         let _ = writeln!(out, "firmware  {}", hw.firmware);
         let _ = writeln!(
@@ -254,6 +388,9 @@ fn format_ms(at_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metalcast_proto::image::{
+        ChunkRef, Chunking, Digest, FORMAT_VERSION, Manifest, OsFamily, PublicKey, Signature,
+    };
     use metalcast_proto::{Cpu, Disk, Dmi, Firmware, Hardware, Level, MacAddr, NodeState};
 
     fn mac() -> MacAddr {
@@ -353,6 +490,130 @@ mod tests {
                 (Phase::AgentRegistered, 20.0)
             ]
         );
+    }
+
+    fn summary(version: &str, created_ms: i64, parent: Option<Digest>) -> ImageSummary {
+        ImageSummary {
+            name: "deb".into(),
+            version: version.into(),
+            id: Digest([version.len() as u8 * 17; 32]),
+            parent,
+            created_ms,
+            os_family: OsFamily::Debian,
+            size: 600 << 20,
+            stored_size: 250 << 20,
+            chunks: 9600,
+        }
+    }
+
+    #[test]
+    fn image_table_has_one_row_per_version() {
+        let text = image_table(&[summary("1", 0, None), summary("22", 86_400_000, None)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("NAME  VERSION  CREATED"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(
+            lines[2],
+            "deb   22       1970-01-02 00:00  debian  600M  250M    9600    222222222222"
+        );
+    }
+
+    #[test]
+    fn versions_mark_latest_and_show_parents() {
+        let first = summary("1", 0, None);
+        let v = ImageVersions {
+            name: "deb".into(),
+            latest: Some("1".into()),
+            versions: vec![first.clone(), summary("22", 1000, Some(first.id))],
+        };
+        let text = image_versions(&v);
+        assert!(text.starts_with("image   deb\nlatest  1\n"), "{text}");
+        let rows: Vec<&str> = text.lines().skip(3).collect();
+        assert!(rows[1].starts_with("*  1 "), "{}", rows[1]);
+        assert!(rows[1].ends_with("111111111111  -"), "{}", rows[1]);
+        assert!(rows[2].starts_with("   22"), "{}", rows[2]);
+        assert!(
+            rows[2].ends_with("222222222222  111111111111"),
+            "{}",
+            rows[2]
+        );
+    }
+
+    #[test]
+    fn import_summary_counts_new_and_deduplicated() {
+        let chunk = |i: u8| ChunkRef {
+            hash: Digest([i; 32]),
+            offset: u64::from(i) << 20,
+            len: 1 << 20,
+            stored_len: 1000,
+            entry_start: 0,
+        };
+        let signed = SignedManifest {
+            id: Digest([0xab; 32]),
+            key: PublicKey([1; 32]),
+            signature: Signature([2; 64]),
+            manifest: Manifest {
+                format: FORMAT_VERSION,
+                name: "deb".into(),
+                version: "20261121-014030".into(),
+                parent: None,
+                created_ms: 0,
+                os_family: OsFamily::Debian,
+                kernel: None,
+                initrd: None,
+                size: 4 << 20,
+                chunking: Chunking {
+                    min_size: 16 << 10,
+                    avg_size: 64 << 10,
+                    max_size: 256 << 10,
+                },
+                chunks: (0..4).map(chunk).collect(),
+            },
+        };
+        let stats = UploadStats {
+            chunks_new: 1,
+            bytes_new: 1 << 20,
+            bytes_sent: 1000,
+        };
+        assert_eq!(
+            import_summary(&signed, &stats),
+            format!(
+                "imported deb@20261121-014030: 4 chunks (1 new, 3 deduplicated), 4.0 MiB \
+                 stream, 1.0 MiB new (0.0 MiB sent)\nmanifest {}\n",
+                "ab".repeat(32)
+            )
+        );
+    }
+
+    #[test]
+    fn gc_and_settings_lines() {
+        let gc = GcSummary {
+            chunks_removed: 3,
+            bytes_freed: 3 << 20,
+        };
+        assert_eq!(
+            gc_summary(&gc),
+            "gc: removed 3 unreferenced chunk(s), freed 3.0M"
+        );
+        let mut n = node(None);
+        n.image = Some("deb@1".into());
+        assert_eq!(
+            node_settings(&n),
+            "52:54:00:00:00:01 state=discovered hostname=- layout=- image=deb@1\n"
+        );
+    }
+
+    #[test]
+    fn utc_fields_match_the_calendar() {
+        assert_eq!(utc_fields(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(utc_fields(1_795_225_230), (2026, 11, 21, 1, 40, 30));
+        assert_eq!(utc_fields(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(utc_fields(-1), (1969, 12, 31, 23, 59, 59));
+        assert_eq!(date_time(4_102_444_800_000), "2100-01-01 00:00");
     }
 
     #[test]

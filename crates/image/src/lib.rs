@@ -11,6 +11,8 @@
 //! - [`Store`]: the appliance's chunk and manifest files (blocking; call it from
 //!   `spawn_blocking`).
 //! - [`import_dir`] / [`import_tar`]: stream → chunks → store → signed manifest.
+//! - [`chunk_stream`]: stream → compressed chunks handed to the caller → unsigned manifest,
+//!   for clients that upload to an appliance.
 //! - [`extract`]: the agent's pipeline, chunks from a [`ChunkSource`] verified one by one
 //!   before the extractor sees them, resumable at any chunk.
 
@@ -32,7 +34,8 @@ pub use extract::{
 };
 pub use frame::FrameError;
 pub use import::{
-    DEFAULT_ZSTD_LEVEL, ImageMeta, ImportError, ImportOptions, ImportReport, import_dir, import_tar,
+    DEFAULT_ZSTD_LEVEL, ImageMeta, ImportError, ImportOptions, ImportReport, StreamInput,
+    chunk_stream, import_dir, import_tar,
 };
 pub use keys::{
     KeyError, SigningKey, VerifyingKey, generate_key_file, load_key_file,

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use metalcast_proto::{Firmware, MacAddr, NodeDetail, Phase};
 
+mod deploy;
 mod layout;
 
 use crate::initramfs::{self, BootArtifacts};
@@ -26,6 +27,8 @@ pub enum Suite {
     Boot,
     /// Every example layout applied by the agent; re-provision; refuse to wipe; no fit.
     Layout,
+    /// Debian installed over unicast HTTP on a UEFI RAID 1 node and a BIOS node, booted.
+    Deploy,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +101,7 @@ pub fn run(args: Args) -> Result<()> {
                 ("relay", relay),
             ],
             Suite::Layout => &[("layouts", layout::scenario)],
+            Suite::Deploy => &[("deploy", deploy::scenario)],
         }
     });
     let mut report = Report::default();
