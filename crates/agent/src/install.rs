@@ -122,11 +122,23 @@ impl RetryPolicy {
 pub struct HttpChunks<'a> {
     api: &'a Appliance,
     policy: RetryPolicy,
+    /// Where to say that a fetch went through after the appliance was away, and out of how
+    /// many chunks: the operator sees the install resume rather than start over.
+    report: Option<(&'a EventQueue, usize)>,
 }
 
 impl<'a> HttpChunks<'a> {
     pub fn new(api: &'a Appliance, policy: RetryPolicy) -> Self {
-        Self { api, policy }
+        Self {
+            api,
+            policy,
+            report: None,
+        }
+    }
+
+    pub fn reporting(mut self, events: &'a EventQueue, total_chunks: usize) -> Self {
+        self.report = Some((events, total_chunks));
+        self
     }
 }
 
@@ -135,14 +147,34 @@ impl ChunkSource for HttpChunks<'_> {
         // The index seeds the jitter, so the fetchers do not return in lock step.
         let mut backoff = Backoff::new(self.policy.initial, self.policy.cap, index as u64 + 1);
         let what = format!("fetching chunk {index} ({})", chunk.hash);
-        retry_for(
+        let started = Instant::now();
+        let failed = std::cell::Cell::new(false);
+        let bytes = retry_for(
             &what,
             &mut backoff,
             self.policy.give_up,
             &mut std::thread::sleep,
-            || self.api.chunk(&chunk.hash, MAX_CHUNK_LEN),
+            || {
+                let got = self.api.chunk(&chunk.hash, MAX_CHUNK_LEN);
+                failed.set(failed.get() || got.is_err());
+                got
+            },
         )
-        .map_err(SourceError::from)
+        .map_err(SourceError::from)?;
+        if failed.get()
+            && let Some((events, total)) = self.report
+        {
+            event(
+                events,
+                Level::Warn,
+                format!(
+                    "resumed at chunk {index} of {total} after {:.0} s without the appliance; \
+                     chunks already written are not fetched again",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        Ok(bytes)
     }
 }
 
@@ -324,7 +356,7 @@ fn install_inner(
         ),
     );
 
-    let source = HttpChunks::new(api, policy);
+    let source = HttpChunks::new(api, policy).reporting(events, total_chunks);
     let started = Instant::now();
     let mut start = 0;
     let mut resumes = 0;

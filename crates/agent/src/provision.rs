@@ -105,7 +105,9 @@ fn configure(
     let started = Instant::now();
     let fail = |message: String| record(events, Phase::Config, Level::Error, message);
     let name = nodeconf::hostname(hostname, mac).map_err(|e| fail(chain(&e)))?;
-    let stack = nodeconf::net_stack(|rel| target.join(rel).exists());
+    // Enabled units are symlinks to absolute paths inside the image: look at the link itself,
+    // since following it would resolve against the agent's root, not the target's.
+    let stack = nodeconf::net_stack(|rel| target.join(rel).symlink_metadata().is_ok());
     let interfaces = nodeconf::read(target, "etc/network/interfaces");
     let net = nodeconf::network_files(stack, mac, interfaces.as_deref());
     if stack == nodeconf::NetStack::Unknown {
