@@ -101,6 +101,55 @@ pub fn net_stack(exists: impl Fn(&str) -> bool) -> NetStack {
     }
 }
 
+/// The UEFI BootOrder that keeps the network first and puts the installed system's entries
+/// (labels starting with `ours`, created without touching BootOrder) right after it, from
+/// `efibootmgr`'s listing. The appliance stays in control of every boot: its iPXE script
+/// `exit`s to the next entry, which must be the disk. `None` when nothing needs to change.
+pub fn boot_order(listing: &str, ours: &str) -> Option<String> {
+    let current: Vec<&str> = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("BootOrder:"))
+        .map(|o| o.trim().split(',').filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default();
+    let entries: Vec<(&str, &str)> = listing
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("Boot")?;
+            let (num, label) = rest.split_at_checked(4)?;
+            if !num.chars().all(|c| c.is_ascii_hexdigit()) {
+                return None;
+            }
+            Some((num, label.trim_start_matches('*').trim()))
+        })
+        .collect();
+    let label_of = |num: &str| entries.iter().find(|(n, _)| *n == num).map(|(_, l)| *l);
+    let network = |num: &&str| {
+        label_of(num).is_some_and(|l| {
+            let l = l.to_ascii_uppercase();
+            ["PXE", "HTTP", "NETWORK", "IPXE"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+    };
+    let mine: Vec<&str> = entries
+        .iter()
+        .filter(|(_, l)| l.starts_with(ours))
+        .map(|(n, _)| *n)
+        .collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let mut order: Vec<&str> = current.iter().copied().filter(network).collect();
+    order.extend(&mine);
+    order.extend(
+        current
+            .iter()
+            .copied()
+            .filter(|n| !network(n) && !mine.contains(n)),
+    );
+    (order != current).then(|| order.join(","))
+}
+
 /// A file to write into the target: path relative to its root, and content.
 #[derive(Debug, PartialEq, Eq)]
 pub struct File {
@@ -496,6 +545,28 @@ mod tests {
                 Action::WaitForDevice(p) => (*k, p.clone()),
             })
             .collect()
+    }
+
+    #[test]
+    fn boot_order_keeps_the_network_first_then_the_installed_disks() {
+        let listing = "BootCurrent: 0004\nTimeout: 0 seconds\nBootOrder: 0004,0003,0000,0001\n\
+                       Boot0000* UiApp\nBoot0001* UEFI QEMU NVMe Ctrl 1\n\
+                       Boot0003* UEFI PXEv4 (MAC:525400000001)\n\
+                       Boot0004* UEFI PXEv4 (MAC:525400000001) 2\n\
+                       Boot0005  metalcast nvme0n1\nBoot0006  metalcast nvme1n1\n";
+        assert_eq!(
+            boot_order(listing, "metalcast ").as_deref(),
+            Some("0004,0003,0005,0006,0000,0001")
+        );
+        let done = listing.replace(
+            "BootOrder: 0004,0003,0000,0001",
+            "BootOrder: 0004,0003,0005,0006,0000,0001",
+        );
+        assert_eq!(boot_order(&done, "metalcast "), None);
+        assert_eq!(
+            boot_order("BootOrder: 0001\nBoot0001* disk\n", "metalcast "),
+            None
+        );
     }
 
     #[test]

@@ -169,7 +169,41 @@ fn in_chroot(events: &EventQueue, layout: &Plan, binds: &[&str]) -> Result<(), S
     for (kind, action) in nodeconf::chroot_steps(layout, TARGET) {
         run_step(events, phase_of(kind), &action)?;
     }
+    if Path::new("/sys/firmware/efi").is_dir() {
+        order_boot_entries(events)?;
+    }
     Ok(())
+}
+
+/// Network first, then the entries just created for the installed system (see
+/// [`nodeconf::boot_order`]).
+fn order_boot_entries(events: &EventQueue) -> Result<(), Stopped> {
+    let fail = |message: String| {
+        record(events, Phase::Bootloader, Level::Error, message);
+        Stopped {
+            phase: Phase::Bootloader,
+        }
+    };
+    let listing = std::process::Command::new("efibootmgr")
+        .output()
+        .map_err(|e| fail(format!("running efibootmgr: {e}")))?;
+    if !listing.status.success() {
+        return Err(fail(format!(
+            "efibootmgr failed ({}): {}",
+            listing.status,
+            String::from_utf8_lossy(&listing.stderr).trim()
+        )));
+    }
+    let Some(order) = nodeconf::boot_order(&String::from_utf8_lossy(&listing.stdout), "metalcast ")
+    else {
+        return Ok(());
+    };
+    let set = Action::Run(metalcast_layout::Command {
+        program: "efibootmgr".into(),
+        args: vec!["--bootorder".into(), order],
+        stdin: None,
+    });
+    run_step(events, Phase::Bootloader, &set)
 }
 
 fn run_step(events: &EventQueue, phase: Phase, action: &Action) -> Result<(), Stopped> {
