@@ -75,7 +75,7 @@ fn is_dns_name(s: &str) -> bool {
 
 /// Boot the agent: kernel and initramfs from this appliance, with the appliance URL, the
 /// node's fresh token, its MAC and the key image manifests must be signed with on the kernel
-/// command line. `initrd=initrd` lets the kernel's EFI stub find the initrd iPXE exposes
+/// command line. `initrd=initrd` lets the kernel's EFI entry point find the initrd iPXE exposes
 /// under UEFI.
 pub fn agent_script(
     host: &HttpHost,

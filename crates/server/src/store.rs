@@ -189,10 +189,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let node = node_in(&mut tx, mac).await?.ok_or(StoreError::Corrupt {
-            table: "nodes",
-            detail: format!("node {mac} vanished inside its own transaction"),
-        })?;
+        let node = written_node(&mut tx, mac).await?;
         tx.commit().await?;
         Ok((node, created))
     }
@@ -222,10 +219,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let node = node_in(&mut tx, mac).await?.ok_or(StoreError::Corrupt {
-            table: "nodes",
-            detail: format!("node {mac} vanished inside its own transaction"),
-        })?;
+        let node = written_node(&mut tx, mac).await?;
         tx.commit().await?;
         Ok(node)
     }
@@ -288,10 +282,7 @@ impl Store {
         .bind(mac.to_string())
         .execute(&mut *tx)
         .await?;
-        let node = node_in(&mut tx, mac).await?.ok_or(StoreError::Corrupt {
-            table: "nodes",
-            detail: format!("node {mac} vanished inside its own transaction"),
-        })?;
+        let node = written_node(&mut tx, mac).await?;
         tx.commit().await?;
         Ok(node)
     }
@@ -467,6 +458,14 @@ async fn node_in(
         .fetch_optional(&mut **tx)
         .await?;
     row.as_ref().map(node_from_row).transpose()
+}
+
+/// The node a transaction has just written; missing means the database is broken.
+async fn written_node(tx: &mut Transaction<'_, Sqlite>, mac: MacAddr) -> Result<Node, StoreError> {
+    node_in(tx, mac).await?.ok_or(StoreError::Corrupt {
+        table: "nodes",
+        detail: format!("node {mac} vanished inside its own transaction"),
+    })
 }
 
 async fn insert_event<'e, E>(executor: E, event: &Event) -> Result<(), StoreError>
