@@ -42,3 +42,36 @@ pub use planner::{
 };
 pub use units::{GIB, MIB, TIB};
 pub use verify::verify;
+
+/// Layouts shared by the unit tests of several modules.
+#[cfg(test)]
+mod fixtures {
+    /// A valid one-disk UEFI layout: ESP and an ext4 `/`.
+    pub const ONE_DISK_UEFI: &str = r#"
+[[disk]]
+name = "os"
+
+[[disk.partition]]
+name = "esp"
+size = "512MiB"
+type = "esp"
+
+[[disk.partition]]
+name = "root"
+size = "rest"
+type = "linux"
+
+[[filesystem]]
+device = "os.esp"
+type = "vfat"
+mount = "/boot/efi"
+
+[[filesystem]]
+device = "os.root"
+type = "ext4"
+mount = "/"
+
+[bootloader]
+firmware = ["uefi"]
+"#;
+}

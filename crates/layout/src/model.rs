@@ -1293,33 +1293,7 @@ mod tests {
     use super::*;
 
     /// A valid one-disk UEFI layout; tests splice in their mistake.
-    const BASE: &str = r#"
-[[disk]]
-name = "os"
-
-[[disk.partition]]
-name = "esp"
-size = "512MiB"
-type = "esp"
-
-[[disk.partition]]
-name = "root"
-size = "rest"
-type = "linux"
-
-[[filesystem]]
-device = "os.esp"
-type = "vfat"
-mount = "/boot/efi"
-
-[[filesystem]]
-device = "os.root"
-type = "ext4"
-mount = "/"
-
-[bootloader]
-firmware = ["uefi"]
-"#;
+    use crate::fixtures::ONE_DISK_UEFI as BASE;
 
     /// The layout's errors as `field: message` lines.
     fn errors(text: &str) -> Vec<String> {

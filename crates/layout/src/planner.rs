@@ -576,33 +576,7 @@ mod tests {
         }
     }
 
-    const ONE_DISK: &str = r#"
-[[disk]]
-name = "os"
-
-[[disk.partition]]
-name = "esp"
-size = "512MiB"
-type = "esp"
-
-[[disk.partition]]
-name = "root"
-size = "rest"
-type = "linux"
-
-[[filesystem]]
-device = "os.esp"
-type = "vfat"
-mount = "/boot/efi"
-
-[[filesystem]]
-device = "os.root"
-type = "ext4"
-mount = "/"
-
-[bootloader]
-firmware = ["uefi"]
-"#;
+    use crate::fixtures::ONE_DISK_UEFI as ONE_DISK;
 
     fn refused(text: &str, disks: &[Disk], firmware: Firmware) -> Vec<FieldError> {
         let layout = Layout::from_toml(text).unwrap();
