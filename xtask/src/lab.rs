@@ -407,20 +407,38 @@ impl Vm {
             Firmware::Bios => ("pc", "pxe-virtio.rom"),
             Firmware::Uefi => ("q35", "efi-virtio.rom"),
         };
+        // SeaBIOS boots the NIC first, then the disks, by `bootindex`. OVMF is left to its
+        // NVRAM BootOrder, as real UEFI firmware is: given a `bootindex` list it rewrites
+        // BootOrder from it on every boot and drops the entries an installed system adds.
+        let bootindex = |n: usize| match spec.firmware {
+            Firmware::Bios => format!(",bootindex={n}"),
+            Firmware::Uefi => String::new(),
+        };
         let mut cmd = ns.command("qemu-system-x86_64");
         cmd.args(accel_args())
-            .args(["-name", &spec.name, "-m", &spec.memory_mib.to_string(), "-smp", "1"])
+            .args([
+                "-name",
+                &spec.name,
+                "-m",
+                &spec.memory_mib.to_string(),
+                "-smp",
+                "1",
+            ])
             .args(["-machine", &format!("{machine},graphics=off")])
             .args(["-display", "none", "-monitor", "none", "-vga", "none"])
             .arg("-serial")
             .arg(format!("file:{}", self.serial_log().display()))
-            .args(["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap)])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+            ])
             // The ROM declares the modern virtio ID; SeaBIOS skips it on the transitional one.
             .args([
                 "-device",
                 &format!(
-                    "virtio-net-pci,netdev=n0,mac={},romfile={ROM_DIR}/{rom},disable-legacy=on,bootindex=1",
-                    spec.mac
+                    "virtio-net-pci,netdev=n0,mac={},romfile={ROM_DIR}/{rom},disable-legacy=on{}",
+                    spec.mac,
+                    bootindex(1)
                 ),
             ]);
         if spec.firmware == Firmware::Uefi {
@@ -449,9 +467,9 @@ impl Vm {
             .args([
                 "-device",
                 &format!(
-                    "{device},drive=d{i},serial={}-d{i},bootindex={}",
+                    "{device},drive=d{i},serial={}-d{i}{}",
                     spec.name,
-                    i + 2
+                    bootindex(i + 2)
                 ),
             ]);
         }
