@@ -105,13 +105,15 @@ pub fn agent_script(
     )
 }
 
-/// Boot the node's own disk. Under UEFI `exit` hands control back to the firmware, which
-/// goes on down its boot order to the installed OS; under BIOS iPXE boots the first disk.
+/// Boot the node's own disk. Under UEFI `exit 1` hands control back to the firmware as a
+/// failed boot option, so it goes on down its boot order to the installed OS (a successful
+/// return makes EDK2-based firmware stop and show its boot menu); under BIOS iPXE boots the
+/// first disk.
 pub fn local_disk_script(mac: MacAddr) -> String {
     format!(
         "#!ipxe\n\
          # metalcast: {mac} is provisioned, boot its local disk\n\
-         iseq ${{platform}} efi && exit ||\n\
+         iseq ${{platform}} efi && exit 1 ||\n\
          sanboot --no-describe --drive 0x80\n"
     )
 }
@@ -204,7 +206,7 @@ mod tests {
             local_disk_script(mac),
             "#!ipxe\n\
              # metalcast: 52:54:00:12:34:56 is provisioned, boot its local disk\n\
-             iseq ${platform} efi && exit ||\n\
+             iseq ${platform} efi && exit 1 ||\n\
              sanboot --no-describe --drive 0x80\n"
         );
     }

@@ -327,7 +327,7 @@ async fn boot_register_provision_cycle() {
     let (script, token) = h.script(MAC_A).await;
     assert_eq!(token, None);
     assert!(
-        script.contains("iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80\n"),
+        script.contains("iseq ${platform} efi && exit 1 ||\nsanboot --no-describe --drive 0x80\n"),
         "{script}"
     );
     let events = h.store.events(mac_a).await.unwrap();
