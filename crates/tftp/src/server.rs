@@ -150,6 +150,7 @@ impl Server {
         };
         let socket = UdpSocket::bind(config.bind).await.map_err(bind_error)?;
         socket::enable_pktinfo(&socket).map_err(bind_error)?;
+        socket::enlarge_receive_buffer(&socket);
         let bound = socket.local_addr().map_err(bind_error)?;
         info!(%bound, root = %root.display(), "tftp server listening");
         Ok(Self {

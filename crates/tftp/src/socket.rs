@@ -23,6 +23,20 @@ pub(crate) fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
     Ok(())
 }
 
+/// Room for a rack's worth of requests arriving at once (the default ~208 KiB holds about 200
+/// small datagrams, and a rack powering on sends more before the listener drains them).
+const LISTEN_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Enlarges the listening socket's receive buffer: above `net.core.rmem_max` when privileged
+/// (SO_RCVBUFFORCE), up to it otherwise. Best effort; a smaller buffer only costs retransmits.
+pub(crate) fn enlarge_receive_buffer(socket: &UdpSocket) {
+    if setsockopt(socket, sockopt::RcvBufForce, &LISTEN_RECEIVE_BUFFER).is_err()
+        && let Err(e) = setsockopt(socket, sockopt::RcvBuf, &LISTEN_RECEIVE_BUFFER)
+    {
+        tracing::debug!(error = %e, "tftp: keeping the default receive buffer");
+    }
+}
+
 /// One datagram from the listening socket.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Received {
