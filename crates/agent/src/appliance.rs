@@ -618,6 +618,7 @@ pub(crate) mod tests {
             }),
             may_wipe: true,
             image: None,
+            credentials: Default::default(),
         };
         let body = serde_json::to_string(&plan).unwrap();
         let fake = FakeAppliance::start(vec![ok_json(&body), ok_json(r#"{"state":"discovered"}"#)]);

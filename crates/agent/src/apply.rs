@@ -434,6 +434,7 @@ firmware = ["bios"]
             layout,
             may_wipe,
             image: None,
+            credentials: Default::default(),
         }
     }
 

@@ -3,11 +3,12 @@
 //! (initramfs, boot loader) and the unmounts before the reboot.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use metalcast_layout::{Action, Command, Plan, bootloader_commands, fstab, mdadm_conf};
-use metalcast_proto::MacAddr;
+use metalcast_proto::{Credentials, MacAddr, credentials};
 
 /// Name the boot NIC gets in an ifupdown system (renamed by a systemd `.link` file): its
 /// kernel or predictable name in the installed system is not known from the initramfs.
@@ -19,6 +20,10 @@ pub enum ConfigError {
         "hostname {0:?} is not a valid host name (RFC 1123: labels of letters, digits and hyphens)"
     )]
     Hostname(String),
+    #[error("{0}")]
+    Credentials(credentials::CredentialError),
+    #[error("the image has no root account in /etc/shadow to set a password for")]
+    NoRootAccount,
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -150,11 +155,14 @@ pub fn boot_order(listing: &str, ours: &str) -> Option<String> {
     (order != current).then(|| order.join(","))
 }
 
-/// A file to write into the target: path relative to its root, and content.
+/// A file to write into the target: path relative to its root, content and mode.
 #[derive(Debug, PartialEq, Eq)]
 pub struct File {
     pub path: String,
     pub content: String,
+    pub mode: u32,
+    /// Set for secrets: the file's directory is made (or narrowed to) owner-only.
+    pub private_dir: bool,
 }
 
 impl File {
@@ -162,8 +170,83 @@ impl File {
         Self {
             path: path.to_string(),
             content,
+            mode: 0o644,
+            private_dir: false,
         }
     }
+}
+
+/// `/etc/shadow` with root's password hash replaced; every other line and field kept.
+pub fn shadow_with_root_hash(shadow: &str, hash: &str) -> Result<String, ConfigError> {
+    credentials::validate_password_hash(hash).map_err(ConfigError::Credentials)?;
+    let mut found = false;
+    let mut out = String::with_capacity(shadow.len() + hash.len());
+    for line in shadow.lines() {
+        match line.split_once(':') {
+            Some(("root", rest)) if !found => {
+                found = true;
+                let after_hash = rest.split_once(':').map_or("", |(_, tail)| tail);
+                out.push_str(&format!("root:{hash}:{after_hash}"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    if found {
+        Ok(out)
+    } else {
+        Err(ConfigError::NoRootAccount)
+    }
+}
+
+/// The installed system's account files for `credentials`: `/etc/shadow` (from the image's
+/// `shadow`, which must exist when a hash is set) and root's `authorized_keys`.
+pub fn credential_files(
+    credentials: &Credentials,
+    shadow: Option<&str>,
+) -> Result<Vec<File>, ConfigError> {
+    let mut files = Vec::new();
+    if let Some(hash) = &credentials.root_password_hash {
+        let shadow = shadow.ok_or(ConfigError::NoRootAccount)?;
+        files.push(File {
+            mode: 0o640,
+            ..File::new("etc/shadow", shadow_with_root_hash(shadow, hash)?)
+        });
+    }
+    if !credentials.ssh_authorized_keys.is_empty() {
+        for key in &credentials.ssh_authorized_keys {
+            credentials::validate_authorized_key(key).map_err(ConfigError::Credentials)?;
+        }
+        let mut text = "# written by metalcast: the node's keys on the appliance\n".to_string();
+        for key in &credentials.ssh_authorized_keys {
+            text.push_str(key);
+            text.push('\n');
+        }
+        files.push(File {
+            mode: 0o600,
+            private_dir: true,
+            ..File::new("root/.ssh/authorized_keys", text)
+        });
+    }
+    Ok(files)
+}
+
+/// `/etc/resolv.conf` for the installed system: the name servers DHCP gave the agent (its own
+/// resolv.conf, written by the udhcpc script), unless the image runs systemd-resolved, which
+/// owns the file. None when DHCP gave no name server.
+pub fn resolv_conf(from_dhcp: Option<&str>, image_runs_resolved: bool) -> Option<File> {
+    let text = from_dhcp?;
+    if image_runs_resolved
+        || !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("nameserver"))
+    {
+        return None;
+    }
+    Some(File::new(
+        "etc/resolv.conf",
+        format!("# written by metalcast: the name servers of the provisioning network\n{text}"),
+    ))
 }
 
 /// The network files for DHCP on the boot NIC, matched by its MAC. `interfaces` is the
@@ -269,12 +352,25 @@ pub fn write(root: &Path, file: &File) -> Result<(), ConfigError> {
     };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(err)?;
+        if file.private_dir {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
+        }
     }
     match fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_symlink() => fs::remove_file(&path).map_err(err)?,
         _ => {}
     }
-    fs::write(&path, &file.content).map_err(err)
+    // Narrowed before the content goes in, so a secret is never readable by others.
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(file.mode)
+        .open(&path)
+        .map_err(err)?;
+    out.set_permissions(fs::Permissions::from_mode(file.mode))
+        .map_err(err)?;
+    out.write_all(file.content.as_bytes()).map_err(err)
 }
 
 /// Reads `rel` under `root` when it is a regular file.
@@ -477,6 +573,81 @@ mod tests {
             files[2].content,
             "auto lo\niface lo inet loopback\nsource /etc/network/interfaces.d/*\n"
         );
+    }
+
+    const HASH: &str = "$y$j9T$Qq3s1Yd3cJxHhWmrnTXqY.$0bh5u3yUCn2.QA8ZB6mSb1WmX6WQeYwZIyQpc5FV.qD";
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHbN5Lf0Sw8dBmz3ajM5J1rJ2Ka7iKx3CqQy9m5F6PZq ops@bastion";
+    const SHADOW: &str = "root:*:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\n";
+
+    #[test]
+    fn root_hash_replaces_only_roots_password_field() {
+        assert_eq!(
+            shadow_with_root_hash(SHADOW, HASH).unwrap(),
+            format!("root:{HASH}:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\n")
+        );
+        assert!(matches!(
+            shadow_with_root_hash("daemon:*:1::::::\n", HASH),
+            Err(ConfigError::NoRootAccount)
+        ));
+        assert!(matches!(
+            shadow_with_root_hash(SHADOW, "plain"),
+            Err(ConfigError::Credentials(_))
+        ));
+    }
+
+    #[test]
+    fn credential_files_are_private_and_absent_when_unset() {
+        assert_eq!(
+            credential_files(&Credentials::default(), Some(SHADOW)).unwrap(),
+            []
+        );
+        let creds = Credentials {
+            root_password_hash: Some(HASH.into()),
+            ssh_authorized_keys: vec![KEY.into()],
+        };
+        let files = credential_files(&creds, Some(SHADOW)).unwrap();
+        let shape: Vec<_> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode, f.private_dir))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("etc/shadow", 0o640, false),
+                ("root/.ssh/authorized_keys", 0o600, true)
+            ]
+        );
+        assert!(files[1].content.ends_with(&format!("\n{KEY}\n")));
+        // A hash without the image's shadow to put it in is an error, not a new file.
+        assert!(credential_files(&creds, None).is_err());
+    }
+
+    #[test]
+    fn resolv_conf_from_dhcp_unless_resolved_owns_it() {
+        let dhcp = "search lab.example\nnameserver 10.77.0.1\n";
+        let file = resolv_conf(Some(dhcp), false).unwrap();
+        assert_eq!(file.path, "etc/resolv.conf");
+        assert!(file.content.ends_with(dhcp));
+        assert_eq!(resolv_conf(Some(dhcp), true), None);
+        assert_eq!(resolv_conf(Some("search lab.example\n"), false), None);
+        assert_eq!(resolv_conf(None, false), None);
+    }
+
+    #[test]
+    fn private_files_and_their_directory_are_owner_only() {
+        let dir = std::env::temp_dir().join(format!("metalcast-keys-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let creds = Credentials {
+            root_password_hash: None,
+            ssh_authorized_keys: vec![KEY.into()],
+        };
+        for file in credential_files(&creds, None).unwrap() {
+            write(&dir, &file).unwrap();
+        }
+        let mode = |rel: &str| fs::metadata(dir.join(rel)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("root/.ssh"), 0o700);
+        assert_eq!(mode("root/.ssh/authorized_keys"), 0o600);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

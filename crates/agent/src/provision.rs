@@ -56,15 +56,8 @@ pub fn provision(
     let target = Path::new(TARGET);
     let stop = |phase| Stopped { phase };
     install::install_image(api, events, boot.key, image, target).map_err(|_| stop(Phase::Image))?;
-    configure(
-        events,
-        plan.hostname.as_deref(),
-        api.mac(),
-        layout,
-        boot.consoles,
-        target,
-    )
-    .map_err(|_| stop(Phase::Config))?;
+    configure(events, plan, api.mac(), layout, boot.consoles, target)
+        .map_err(|_| stop(Phase::Config))?;
 
     let binds = nodeconf::chroot_binds(Path::new("/sys/firmware/efi/efivars").is_dir());
     let chrooted = in_chroot(events, layout, &binds);
@@ -96,7 +89,7 @@ pub fn provision(
 /// The files that make the tree this node.
 fn configure(
     events: &EventQueue,
-    hostname: Option<&str>,
+    plan: &AgentPlan,
     mac: MacAddr,
     layout: &Plan,
     consoles: &[String],
@@ -104,10 +97,11 @@ fn configure(
 ) -> Result<(), ()> {
     let started = Instant::now();
     let fail = |message: String| record(events, Phase::Config, Level::Error, message);
-    let name = nodeconf::hostname(hostname, mac).map_err(|e| fail(chain(&e)))?;
+    let name = nodeconf::hostname(plan.hostname.as_deref(), mac).map_err(|e| fail(chain(&e)))?;
     // Enabled units are symlinks to absolute paths inside the image: look at the link itself,
     // since following it would resolve against the agent's root, not the target's.
-    let stack = nodeconf::net_stack(|rel| target.join(rel).symlink_metadata().is_ok());
+    let exists = |rel: &str| target.join(rel).symlink_metadata().is_ok();
+    let stack = nodeconf::net_stack(exists);
     let interfaces = nodeconf::read(target, "etc/network/interfaces");
     let net = nodeconf::network_files(stack, mac, interfaces.as_deref());
     if stack == nodeconf::NetStack::Unknown {
@@ -119,7 +113,15 @@ fn configure(
                 .to_string(),
         );
     }
-    let files = nodeconf::config_files(&name, net, layout, consoles);
+    let mut files = nodeconf::config_files(&name, net, layout, consoles);
+    let shadow = nodeconf::read(target, "etc/shadow");
+    files.extend(
+        nodeconf::credential_files(&plan.credentials, shadow.as_deref())
+            .map_err(|e| fail(chain(&e)))?,
+    );
+    let resolved = exists("etc/systemd/system/dbus-org.freedesktop.resolve1.service");
+    let dhcp_dns = std::fs::read_to_string("/etc/resolv.conf").ok();
+    files.extend(nodeconf::resolv_conf(dhcp_dns.as_deref(), resolved));
     for file in &files {
         nodeconf::write(target, file).map_err(|e| fail(chain(&e)))?;
     }

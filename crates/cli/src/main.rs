@@ -1,8 +1,10 @@
 //! `metalcast` — the admin command line. Every command is a call to the appliance's HTTP API.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use metalcast_proto::{MacAddr, NodeSettings, NodeState};
+use metalcast_proto::{MacAddr, NodeSettings, NodeState, credentials};
 
 mod client;
 mod image;
@@ -72,12 +74,44 @@ enum NodesCommand {
         image: Option<String>,
         #[arg(long)]
         state: Option<NodeState>,
+        /// crypt(3) hash of root's password in the installed system (`mkpasswd -m yescrypt`);
+        /// an empty string removes it.
+        #[arg(long, value_parser = parse_password_hash)]
+        root_password_hash: Option<String>,
+        /// File of SSH public keys (authorized_keys lines) for root; replaces the node's keys,
+        /// an empty file removes them.
+        #[arg(long)]
+        ssh_key_file: Option<PathBuf>,
     },
     /// Reinstall a node on its next network boot (sets its state to provisioning; its disks
     /// will be wiped).
     Reimage { mac: MacAddr },
     /// Dry run: the node's layout planned against its registered disks.
     Plan { mac: MacAddr },
+}
+
+fn parse_password_hash(text: &str) -> Result<String, String> {
+    if !text.is_empty() {
+        credentials::validate_password_hash(text).map_err(|e| e.to_string())?;
+    }
+    Ok(text.to_string())
+}
+
+/// The key lines of an authorized_keys file, each checked; blank lines and comments skipped.
+fn read_keys(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading SSH keys from {}", path.display()))?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        credentials::validate_authorized_key(key)
+            .with_context(|| format!("{}: key {}", path.display(), i + 1))?;
+    }
+    Ok(keys)
 }
 
 fn main() {
@@ -118,16 +152,21 @@ fn nodes(client: &Client, command: NodesCommand) -> Result<()> {
             layout,
             image,
             state,
+            root_password_hash,
+            ssh_key_file,
         } => {
             let settings = NodeSettings {
                 hostname,
                 layout,
                 image,
                 state,
+                root_password_hash,
+                ssh_authorized_keys: ssh_key_file.as_deref().map(read_keys).transpose()?,
             };
             anyhow::ensure!(
                 settings != NodeSettings::default(),
-                "nothing to set: give --hostname, --layout, --image or --state"
+                "nothing to set: give --hostname, --layout, --image, --state, \
+                 --root-password-hash or --ssh-key-file"
             );
             let node = client.update_node(mac, &settings)?;
             print!("{}", render::node_settings(&node));

@@ -293,6 +293,22 @@ fn block_lines(out: &mut String, devices: &[BlockDevice], depth: usize) {
     }
 }
 
+/// An authorized_keys line without its base64 blob: type and comment are what people read.
+fn key_summary(line: &str) -> String {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields
+        .iter()
+        .position(|f| f.starts_with("ssh-") || f.starts_with("ecdsa-") || f.starts_with("sk-"))
+    {
+        Some(at) => {
+            let mut words = vec![fields[at]];
+            words.extend(fields.iter().skip(at + 2));
+            words.join(" ")
+        }
+        None => line.to_string(),
+    }
+}
+
 pub fn node_detail(detail: &NodeDetail) -> String {
     let node = &detail.node;
     let mut out = String::new();
@@ -302,6 +318,19 @@ pub fn node_detail(detail: &NodeDetail) -> String {
     let _ = writeln!(out, "ip        {}", node.ip.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "layout    {}", node.layout.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "image     {}", node.image.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "access    root password {}, {} SSH key(s)",
+        if node.root_password_set {
+            "set"
+        } else {
+            "not set"
+        },
+        node.ssh_authorized_keys.len()
+    );
+    for key in &node.ssh_authorized_keys {
+        let _ = writeln!(out, "  {}", key_summary(key));
+    }
     if let Some(hw) = &node.hardware {
         let _ = writeln!(out, "firmware  {}", hw.firmware);
         let _ = writeln!(
@@ -416,6 +445,8 @@ mod tests {
             hardware,
             layout: None,
             image: None,
+            root_password_set: false,
+            ssh_authorized_keys: Vec::new(),
             first_seen_ms: 0,
             last_seen_ms: 1_000,
         }
@@ -605,6 +636,28 @@ mod tests {
             node_settings(&n),
             "52:54:00:00:00:01 state=discovered hostname=- layout=- image=deb@1\n"
         );
+    }
+
+    #[test]
+    fn access_shows_whether_a_password_is_set_and_each_key_without_its_blob() {
+        let mut n = node(None);
+        n.root_password_set = true;
+        n.ssh_authorized_keys = vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHbN5Lf0 ops@bastion".into(),
+            "no-pty ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB".into(),
+        ];
+        let text = node_detail(&NodeDetail {
+            node: n,
+            block_tree: None,
+            events: vec![],
+        });
+        assert!(
+            text.contains(
+                "access    root password set, 2 SSH key(s)\n  ssh-ed25519 ops@bastion\n  ssh-rsa\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("AAAA"), "{text}");
     }
 
     #[test]

@@ -177,6 +177,12 @@ pub struct Node {
     /// The image the node installs: `NAME` (follows `latest`) or `NAME@VERSION` (pinned).
     #[serde(default)]
     pub image: Option<String>,
+    /// Whether a root password hash is set for the installed system (the hash is not shown).
+    #[serde(default)]
+    pub root_password_set: bool,
+    /// Public keys installed for root.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
     /// Milliseconds since the Unix epoch.
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
@@ -203,6 +209,12 @@ pub struct NodeSettings {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<NodeState>,
+    /// A crypt(3) hash for root in the installed system; an empty string removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_hash: Option<String>,
+    /// Replaces root's authorized keys; an empty list removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_authorized_keys: Option<Vec<String>>,
 }
 
 /// A layout by name with its TOML text, as stored on the appliance.
@@ -226,6 +238,9 @@ pub struct AgentPlan {
     /// The image to install into the layout's filesystems, resolved to one version.
     #[serde(default)]
     pub image: Option<ImagePlan>,
+    /// Root's password hash and SSH keys for the installed system.
+    #[serde(default)]
+    pub credentials: crate::Credentials,
 }
 
 /// One resolved image version: fetch its manifest, check that its id is `manifest_id` and its

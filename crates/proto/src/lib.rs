@@ -4,6 +4,7 @@
 //! two sides cannot drift apart.
 
 pub mod api;
+pub mod credentials;
 pub mod hardware;
 pub mod image;
 pub mod layout;
@@ -11,6 +12,7 @@ pub mod mac;
 pub mod mcast;
 
 pub use api::*;
+pub use credentials::Credentials;
 pub use hardware::*;
 pub use mac::{MacAddr, MacParseError};
 

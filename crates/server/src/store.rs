@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use metalcast_proto::layout::BlockTree;
-use metalcast_proto::{Event, Hardware, Level, MacAddr, Node, NodeSettings, NodeState, Phase};
+use metalcast_proto::{
+    Credentials, Event, Hardware, Level, MacAddr, Node, NodeSettings, NodeState, Phase,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -271,14 +273,34 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
+        // An empty hash or key list clears the column; an absent one leaves it.
+        let keys = settings
+            .ssh_authorized_keys
+            .as_ref()
+            .map(|keys| match keys.as_slice() {
+                [] => Ok(String::new()),
+                _ => serde_json::to_string(keys),
+            })
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                table: "nodes",
+                detail: format!("SSH keys do not encode as JSON: {e}"),
+            })?;
         sqlx::query(
-            "UPDATE nodes SET hostname = COALESCE(?, hostname), layout = COALESCE(?, layout), \
-             image = COALESCE(?, image), state = COALESCE(?, state) WHERE mac = ?",
+            "UPDATE nodes SET hostname = COALESCE(?1, hostname), layout = COALESCE(?2, layout), \
+             image = COALESCE(?3, image), state = COALESCE(?4, state), \
+             root_password_hash = CASE WHEN ?5 IS NULL THEN root_password_hash \
+             ELSE NULLIF(?5, '') END, \
+             ssh_authorized_keys = CASE WHEN ?6 IS NULL THEN ssh_authorized_keys \
+             ELSE NULLIF(?6, '') END \
+             WHERE mac = ?7",
         )
         .bind(settings.hostname.as_deref())
         .bind(settings.layout.as_deref())
         .bind(settings.image.as_deref())
         .bind(settings.state.map(NodeState::as_str))
+        .bind(settings.root_password_hash.as_deref())
+        .bind(keys)
         .bind(mac.to_string())
         .execute(&mut *tx)
         .await?;
@@ -321,6 +343,22 @@ impl Store {
         let node = node_in(&mut tx, mac).await?;
         tx.commit().await?;
         Ok(node)
+    }
+
+    /// What the node's installed system lets in: root's hash and keys.
+    pub async fn credentials(&self, mac: MacAddr) -> Result<Credentials, StoreError> {
+        let row =
+            sqlx::query("SELECT root_password_hash, ssh_authorized_keys FROM nodes WHERE mac = ?")
+                .bind(mac.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(Credentials::default());
+        };
+        Ok(Credentials {
+            root_password_hash: row.try_get("root_password_hash")?,
+            ssh_authorized_keys: keys_column(&row)?,
+        })
     }
 
     /// All nodes, ordered by MAC.
@@ -447,7 +485,7 @@ impl Store {
 }
 
 const NODE_SELECT: &str = "SELECT n.mac, n.state, n.hostname, n.hardware, n.layout, n.image, \
-     n.first_seen_ms, n.last_seen_ms, l.ip FROM nodes n LEFT JOIN leases l ON l.mac = n.mac";
+     n.root_password_hash IS NOT NULL AS root_password_set, n.ssh_authorized_keys, n.first_seen_ms, n.last_seen_ms, l.ip FROM nodes n LEFT JOIN leases l ON l.mac = n.mac";
 
 async fn node_in(
     tx: &mut Transaction<'_, Sqlite>,
@@ -499,6 +537,16 @@ fn mac_column(row: &SqliteRow, table: &'static str) -> Result<MacAddr, StoreErro
     })
 }
 
+fn keys_column(row: &SqliteRow) -> Result<Vec<String>, StoreError> {
+    let json: Option<String> = row.try_get("ssh_authorized_keys")?;
+    let keys = json.map(|json| serde_json::from_str(&json)).transpose();
+    keys.map(Option::unwrap_or_default)
+        .map_err(|e| StoreError::Corrupt {
+            table: "nodes",
+            detail: format!("SSH keys JSON: {e}"),
+        })
+}
+
 fn node_from_row(row: &SqliteRow) -> Result<Node, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         table: "nodes",
@@ -517,6 +565,8 @@ fn node_from_row(row: &SqliteRow) -> Result<Node, StoreError> {
             .map_err(|e| corrupt(format!("hardware JSON: {e}")))?,
         layout: row.try_get("layout")?,
         image: row.try_get("image")?,
+        root_password_set: row.try_get("root_password_set")?,
+        ssh_authorized_keys: keys_column(row)?,
         first_seen_ms: row.try_get("first_seen_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
     })

@@ -644,6 +644,83 @@ async fn layouts_are_assigned_dry_run_and_handed_to_the_agent() {
     assert_eq!(detail.block_tree, Some(tree));
 }
 
+#[tokio::test]
+async fn credentials_are_checked_hidden_and_handed_to_the_agent() {
+    let h = start().await;
+    let put = |body: serde_json::Value| {
+        h.client
+            .put(h.url(&format!("/api/v1/nodes/{MAC_A}")))
+            .bearer_auth(&h.admin)
+            .json(&body)
+            .send()
+    };
+    const HASH: &str = "$y$j9T$Qq3s1Yd3cJxHhWmrnTXqY.$0bh5u3yUCn2.QA8ZB6mSb1WmX6WQeYwZIyQpc5FV.qD";
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHbN5Lf0Sw8dBmz3ajM5J1rJ2Ka7iKx3CqQy9m5F6PZq ops@bastion";
+    for (body, needle) in [
+        (
+            serde_json::json!({"root_password_hash": "hunter2"}),
+            "not a crypt(3) hash",
+        ),
+        (
+            serde_json::json!({"ssh_authorized_keys": [KEY, "-----BEGIN OPENSSH PRIVATE KEY-----"]}),
+            "not an authorized_keys line",
+        ),
+    ] {
+        let (status, message) = error_of(put(body).await.unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+    let node: Node =
+        put(serde_json::json!({"root_password_hash": HASH, "ssh_authorized_keys": [KEY]}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert!(node.root_password_set);
+    assert_eq!(node.ssh_authorized_keys, [KEY]);
+    // The hash never leaves the appliance except to the node itself.
+    let shown = h
+        .get(&format!("/api/v1/nodes/{MAC_A}"), Some(&h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!shown.contains(HASH), "{shown}");
+
+    let (_, token) = h.script(MAC_A).await;
+    let token = token.expect("agent script carries a token");
+    let plan = || async {
+        h.get(&format!("/api/v1/agent/{MAC_A}/plan"), Some(&token))
+            .send()
+            .await
+            .unwrap()
+            .json::<AgentPlan>()
+            .await
+            .unwrap()
+            .credentials
+    };
+    let c = plan().await;
+    assert_eq!(c.root_password_hash.as_deref(), Some(HASH));
+    assert_eq!(c.ssh_authorized_keys, [KEY]);
+
+    // Other settings leave them alone; empty values remove them.
+    put(serde_json::json!({"hostname": "node-a"}))
+        .await
+        .unwrap();
+    assert_eq!(plan().await.root_password_hash.as_deref(), Some(HASH));
+    let node: Node = put(serde_json::json!({"root_password_hash": "", "ssh_authorized_keys": []}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!node.root_password_set && node.ssh_authorized_keys.is_empty());
+    assert!(plan().await.is_empty());
+}
+
 /// A chunk as an importer makes it: BLAKE3 of the bytes, zstd frame of the bytes.
 fn chunk(data: &[u8]) -> (Digest, Vec<u8>) {
     (

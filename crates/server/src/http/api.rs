@@ -5,6 +5,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
+use metalcast_proto::credentials;
 use metalcast_proto::image::ImageRef;
 use metalcast_proto::layout::BlockTree;
 use metalcast_proto::{
@@ -137,6 +138,14 @@ async fn update_node(
     if let Some(hostname) = &body.hostname {
         check_hostname(hostname).map_err(Failure::bad_request)?;
     }
+    if let Some(hash) = body.root_password_hash.as_deref().filter(|h| !h.is_empty()) {
+        credentials::validate_password_hash(hash)
+            .map_err(|e| Failure::bad_request(e.to_string()))?;
+    }
+    for key in body.ssh_authorized_keys.iter().flatten() {
+        credentials::validate_authorized_key(key)
+            .map_err(|e| Failure::bad_request(e.to_string()))?;
+    }
     if let Some(name) = &body.layout {
         // Refuse now what the agent could not use later.
         state.layouts.load(name).map_err(layout_failure)?;
@@ -154,7 +163,9 @@ async fn update_node(
         body.image = Some(wanted.to_string());
     }
     let node = state.store.update_node(mac, &body, now_ms()).await?;
-    tracing::info!(%mac, ?body, "node settings changed");
+    tracing::info!(%mac, hostname = ?body.hostname, layout = ?body.layout, image = ?body.image,
+        state = ?body.state, root_password = body.root_password_hash.is_some(),
+        ssh_keys = ?body.ssh_authorized_keys.as_ref().map(Vec::len), "node settings changed");
     state.announce(mac).await;
     Ok(Json(node))
 }
@@ -214,6 +225,7 @@ async fn agent_plan(
         layout,
         may_wipe: node.state == NodeState::Provisioning,
         image,
+        credentials: state.store.credentials(mac).await?,
     }))
 }
 
