@@ -27,8 +27,10 @@ packages=(
     efibootmgr kexec-tools util-linux
     # image recipes (images/*)
     debootstrap
+    # e2e deploy logs into the installed nodes with a key and a password hash made here
+    openssh-client openssl
     # peers used by the tests and benchmarks
-    dnsmasq-base isc-dhcp-relay kea-admin kea-dhcp4-server tftpd-hpa sqlite3
+    dnsmasq-base isc-dhcp-relay kea-admin kea-dhcp4-server tftpd-hpa sqlite3 udpcast uftp
 )
 apt-get install -y -q --allow-downgrades --no-install-recommends "${packages[@]}"
 

@@ -10,6 +10,7 @@ mod e2e;
 mod image;
 mod initramfs;
 mod lab;
+mod mcast;
 mod test;
 mod workspace;
 

@@ -172,6 +172,18 @@ impl Appliance {
         self.finish_limited(answer, limit)
     }
 
+    /// `GET {path}`: a multicast session's block list (text), at most `limit` bytes. `path` is
+    /// the absolute path on the appliance the plan's session names.
+    pub fn block_list(&self, path: &str, limit: u64) -> Result<Vec<u8>, ApiError> {
+        let url = format!("{}{path}", self.base);
+        let answer = self
+            .http
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .call();
+        self.finish_limited(answer, limit)
+    }
+
     /// `POST /api/v1/agent/{mac}/provisioned`: the node is installed.
     pub fn provisioned(&self) -> Result<(), ApiError> {
         let url = self.url(&format!("/agent/{}/provisioned", self.mac));
@@ -626,6 +638,35 @@ pub(crate) mod tests {
         assert_eq!(api.plan().unwrap(), plan);
         // Every field is part of the contract: a plan without them is not a plan.
         assert!(matches!(api.plan(), Err(ApiError::BadBody(_))));
+    }
+
+    #[test]
+    fn fetches_a_block_list_by_its_path_within_a_limit() {
+        let fake = FakeAppliance::start(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 29\r\nConnection: close\r\n\r\nmetalcast-mcast block-list 1\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 29\r\nConnection: close\r\n\r\nmetalcast-mcast block-list 1\n",
+        ]);
+        let api = fake.client();
+        let path = "/api/v1/mcast/sessions/00abcdef01234567/blocks";
+        assert_eq!(
+            api.block_list(path, 100).unwrap(),
+            b"metalcast-mcast block-list 1\n"
+        );
+        let seen = fake.requests.recv().unwrap();
+        assert!(
+            seen.starts_with(&format!("GET {path} HTTP/1.1\r\n")),
+            "{seen}"
+        );
+        assert!(
+            seen.to_ascii_lowercase()
+                .contains("authorization: bearer tok\r\n"),
+            "{seen}"
+        );
+        // Longer than the caller allows: cut off, like a chunk.
+        assert!(matches!(
+            api.block_list(path, 10),
+            Err(ApiError::Unreachable(_))
+        ));
     }
 
     #[test]

@@ -1,23 +1,26 @@
 //! Installing the node's image into the mounted target: the manifest checked against the
 //! appliance's key, chunks fetched over HTTP by several fetchers at once (each fetch retried
-//! while the appliance is away), the verified stream extracted by `metalcast-image`, and an
-//! extraction cut short by the network continued from its first unwritten chunk.
+//! while the appliance is away) or received from the plan's multicast session
+//! ([`crate::mcast`]), the verified stream extracted by `metalcast-image`, and an extraction
+//! cut short by the network continued from its first unwritten chunk.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metalcast_image::{
-    ChunkSource, ExtractError, ExtractOptions, ExtractProgress, KeyError, MAX_CHUNK_LEN,
-    ManifestError, SourceError, VerifiedManifest, VerifyingKey, extract, parse_and_verify,
-    verifying_key,
+    ChunkSource, ExtractError, ExtractOptions, ExtractProgress, ExtractReport, KeyError,
+    MAX_CHUNK_LEN, ManifestError, SourceError, VerifiedManifest, VerifyingKey, extract,
+    parse_and_verify, verifying_key,
 };
 use metalcast_proto::image::{ChunkRef, Digest, PublicKey};
+use metalcast_proto::mcast::McastSession;
 use metalcast_proto::{ImagePlan, Level, Phase};
 use tracing::{error, info, warn};
 
 use crate::appliance::{ApiError, Appliance, chain};
 use crate::backoff::Backoff;
 use crate::events::EventQueue;
+use crate::mcast::{self, Link, McastError};
 
 /// Chunks in flight at once: enough to hide the round trip and the decompression.
 const FETCHERS: usize = 4;
@@ -287,7 +290,7 @@ fn progress_line(p: &ExtractProgress, bytes_per_sec: f64) -> String {
 }
 
 /// Image events: on the console and, through the queue, to the appliance.
-fn event(events: &EventQueue, level: Level, message: String) {
+pub(crate) fn event(events: &EventQueue, level: Level, message: String) {
     match level {
         Level::Error => error!("{message}"),
         Level::Warn => warn!("{message}"),
@@ -330,6 +333,25 @@ fn install_inner(
     target: &Path,
     policy: RetryPolicy,
 ) -> Result<(), InstallError> {
+    let mac = api.mac();
+    install_via(api, events, key, image, target, policy, &|session| {
+        mcast::udp_link(session, mac)
+    })
+}
+
+/// Opens the way to a multicast session's group: the boot NIC's sockets (tests connect a
+/// sender in process).
+type OpenLink<'a> = &'a dyn Fn(&McastSession) -> Result<Box<dyn Link>, McastError>;
+
+fn install_via(
+    api: &Appliance,
+    events: &EventQueue,
+    key: Option<&PublicKey>,
+    image: &ImagePlan,
+    target: &Path,
+    policy: RetryPolicy,
+    open_link: OpenLink<'_>,
+) -> Result<(), InstallError> {
     let name = label(image);
     let key = trusted_key(key, image)?;
     let mut backoff = Backoff::new(policy.initial, policy.cap, 1);
@@ -356,8 +378,62 @@ fn install_inner(
         ),
     );
 
-    let source = HttpChunks::new(api, policy).reporting(events, total_chunks);
+    let http = HttpChunks::new(api, policy).reporting(events, total_chunks);
     let started = Instant::now();
+    let unicast =
+        |source: &HttpChunks<'_>| extract_resuming(source, &manifest, target, events, started);
+    let extracted = match &image.mcast {
+        None => unicast(&http),
+        Some(session) => {
+            let ready = mcast::prepare(api, policy, session, m, target)
+                .and_then(|prepared| Ok((prepared, open_link(session)?)));
+            match ready {
+                Ok((prepared, mut link)) => {
+                    let who = mcast::Receiving {
+                        events,
+                        image: &name,
+                        id: api.mac().to_u64(),
+                    };
+                    mcast::receive(prepared, link.as_mut(), &who, http, |source| {
+                        extract_resuming(source, &manifest, target, events, started)
+                    })
+                }
+                Err(e) => {
+                    event(events, Level::Warn, mcast::not_used_text(&e));
+                    unicast(&http)
+                }
+            }
+        }
+    };
+    let report = extracted.map_err(|source| InstallError::Extract {
+        image: name.clone(),
+        source,
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    event(
+        events,
+        Level::Info,
+        format!(
+            "installed {name}: {:.1} MiB in {secs:.1} s ({:.1} MB/s), {} members",
+            mib(m.size),
+            m.size as f64 / secs.max(1e-3) / 1e6,
+            report.unpack.members
+        ),
+    );
+    Ok(())
+}
+
+/// Extracts the whole image from `source`, continuing an extraction the network cut short
+/// from its first unwritten chunk.
+fn extract_resuming<S: ChunkSource>(
+    source: &S,
+    manifest: &VerifiedManifest,
+    target: &Path,
+    events: &EventQueue,
+    started: Instant,
+) -> Result<ExtractReport, ExtractError> {
+    let m = manifest.manifest();
+    let total_chunks = m.chunks.len();
     let mut start = 0;
     let mut resumes = 0;
     loop {
@@ -370,44 +446,27 @@ fn install_inner(
             fetchers: FETCHERS,
             ..ExtractOptions::default()
         };
-        let result = extract(&source, &manifest, target, &opts, &mut |p| {
+        let result = extract(source, manifest, target, &opts, &mut |p| {
             resume_chunk = p.resume_chunk;
             if let Some(line) = meter.tick(started.elapsed(), p) {
                 event(events, Level::Info, line);
             }
         });
-        match result {
-            Ok(report) => {
-                let secs = started.elapsed().as_secs_f64();
+        let e = match result {
+            Ok(report) => return Ok(report),
+            Err(e) => e,
+        };
+        match after_failure(&e, start, resume_chunk, resumes) {
+            AfterFailure::Resume(k) => {
+                resumes += 1;
                 event(
                     events,
-                    Level::Info,
-                    format!(
-                        "installed {name}: {:.1} MiB in {secs:.1} s ({:.1} MB/s), {} members",
-                        mib(m.size),
-                        m.size as f64 / secs.max(1e-3) / 1e6,
-                        report.unpack.members
-                    ),
+                    Level::Warn,
+                    format!("{}; resuming at chunk {k} of {total_chunks}", chain(&e)),
                 );
-                return Ok(());
+                start = k;
             }
-            Err(e) => match after_failure(&e, start, resume_chunk, resumes) {
-                AfterFailure::Resume(k) => {
-                    resumes += 1;
-                    event(
-                        events,
-                        Level::Warn,
-                        format!("{}; resuming at chunk {k} of {total_chunks}", chain(&e)),
-                    );
-                    start = k;
-                }
-                AfterFailure::Stop => {
-                    return Err(InstallError::Extract {
-                        image: name,
-                        source: e,
-                    });
-                }
-            },
+            AfterFailure::Stop => return Err(e),
         }
     }
 }
@@ -419,6 +478,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use metalcast_image::{
@@ -455,6 +515,7 @@ mod tests {
             name: "debian".into(),
             version: "12.5".into(),
             manifest_id: s.id,
+            mcast: None,
         };
         (plan, serde_json::to_vec(&s).unwrap())
     }
@@ -674,7 +735,13 @@ mod tests {
         down_after: usize,
         outage: Duration,
         corrupt: Option<String>,
+        /// The multicast session's block list, served at [`BLOCK_LIST`].
+        block_list: Option<Vec<u8>>,
+        /// The next this many chunk requests are closed unanswered.
+        refuse_chunks: AtomicUsize,
     }
+
+    const BLOCK_LIST: &str = "/api/v1/mcast/sessions/123456789abcdef0/blocks";
 
     impl ImageServer {
         fn start(script: Script) -> Self {
@@ -762,7 +829,16 @@ mod tests {
             reply("204 No Content", b"")
         } else if path == "/api/v1/images/debian/1/manifest" {
             reply("200 OK", &script.manifest)
+        } else if let (BLOCK_LIST, Some(list)) = (path.as_str(), &script.block_list) {
+            reply("200 OK", list)
         } else if let Some(hash) = path.strip_prefix("/api/v1/chunks/") {
+            let refuse =
+                script
+                    .refuse_chunks
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if refuse.is_ok() {
+                return;
+            }
             {
                 // The outage starts at the first request past `down_after` once every chunk
                 // before it was served, so the resume point is at or after `down_after`.
@@ -848,6 +924,7 @@ mod tests {
             name: "debian".into(),
             version: "1".into(),
             manifest_id: report.manifest_id,
+            mcast: None,
         };
         let order = report
             .manifest
@@ -863,6 +940,8 @@ mod tests {
             down_after: usize::MAX,
             outage: Duration::ZERO,
             corrupt: None,
+            block_list: None,
+            refuse_chunks: AtomicUsize::new(0),
         };
         (plan, script, report.chunks_total)
     }
@@ -974,6 +1053,261 @@ mod tests {
             "{last}"
         );
         assert!(!events.iter().any(|e| e.contains("resuming")), "{events:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The version's stored chunk stream: what a multicast session sends.
+    fn stored_stream(script: &Script) -> Vec<u8> {
+        script
+            .order
+            .iter()
+            .flat_map(|h| script.chunks[h].iter().copied())
+            .collect()
+    }
+
+    fn session_for(list: &metalcast_mcast::BlockList) -> McastSession {
+        McastSession {
+            id: metalcast_proto::mcast::SessionId(0x1234_5678_9abc_def0),
+            group: "239.77.0.1:5000".parse().unwrap(),
+            manifest_hash: metalcast_proto::mcast::ManifestHash(*list.manifest_hash()),
+            length: list.geometry().length(),
+            block_size: list.geometry().block_size(),
+            block_list: BLOCK_LIST.into(),
+        }
+    }
+
+    /// Opens `link` once.
+    fn hand_over(
+        link: mcast::tests::ChannelLink,
+    ) -> impl Fn(&McastSession) -> Result<Box<dyn Link>, McastError> {
+        let link = Mutex::new(Some(link));
+        move |_| Ok(Box::new(link.lock().unwrap().take().expect("one session")))
+    }
+
+    fn assert_same_tree(dir: &Path) {
+        for f in ["big", "etc/small", "other"] {
+            assert_eq!(
+                fs::read(dir.join("tree").join(f)).unwrap(),
+                fs::read(dir.join("target").join(f)).unwrap(),
+                "{f}"
+            );
+        }
+        assert!(!dir.join("target").join(mcast::SPOOL_NAME).exists());
+    }
+
+    /// Blocks of 16 KiB: a chunk (16 to 256 KiB) spans several.
+    const BLOCK: u32 = 16 * 1024;
+
+    #[test]
+    fn a_late_joiner_on_a_lossy_session_gets_every_chunk_by_multicast() {
+        let dir = scratch("mcast");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let (mut plan, mut script, _) = image(&dir, &key);
+        let (list, link, sender) = mcast::tests::fake_session(
+            stored_stream(&script),
+            BLOCK,
+            40_000_000,
+            mcast::tests::Script {
+                join_after: 300,
+                lose_every: Some(10),
+                close_after_blocks: None,
+            },
+        );
+        let blocks = list.geometry().block_count();
+        plan.mcast = Some(session_for(&list));
+        script.block_list = Some(list.to_text().into_bytes());
+        let server = ImageServer::start(script);
+        let api = server.client();
+        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
+        let public = PublicKey(key.verifying_key().to_bytes());
+        let target = dir.join("target");
+        install_via(
+            &api,
+            &events,
+            Some(&public),
+            &plan,
+            &target,
+            SHORT,
+            &hand_over(link),
+        )
+        .unwrap();
+        events.flush();
+
+        assert_same_tree(&dir);
+        assert!(server.chunk_gets.lock().unwrap().is_empty());
+        let events = server.events.lock().unwrap().clone();
+        let joined = format!(
+            "multicast: joined session 123456789abcdef0 (239.77.0.1:5000) for debian@1, {blocks} blocks"
+        );
+        let at = |prefix: &str| events.iter().position(|e| e.starts_with(prefix));
+        let (joined, all) = (
+            at(&joined),
+            at(&format!("multicast: all {blocks} blocks in ")),
+        );
+        assert!(joined.is_some() && all > joined, "{events:?}");
+        assert!(at("installed debian@1: ") > all, "{events:?}");
+        assert!(
+            !events.iter().any(|e| e.contains("falling back")),
+            "{events:?}"
+        );
+        let sent = sender.join().unwrap();
+        assert!(
+            sent.iter().any(|e| e.starts_with("ReceiverDone")),
+            "{sent:?}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_session_that_ends_early_leaves_only_the_rest_to_http() {
+        let dir = scratch("mcast-early");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let (mut plan, mut script, _) = image(&dir, &key);
+        let entries = script.order.len();
+        let (list, link, sender) = mcast::tests::fake_session(
+            stored_stream(&script),
+            BLOCK,
+            10_000_000,
+            mcast::tests::Script {
+                join_after: 0,
+                lose_every: None,
+                close_after_blocks: Some(24),
+            },
+        );
+        let blocks = list.geometry().block_count();
+        plan.mcast = Some(session_for(&list));
+        script.block_list = Some(list.to_text().into_bytes());
+        let server = ImageServer::start(script);
+        let api = server.client();
+        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
+        let public = PublicKey(key.verifying_key().to_bytes());
+        install_via(
+            &api,
+            &events,
+            Some(&public),
+            &plan,
+            &dir.join("target"),
+            SHORT,
+            &hand_over(link),
+        )
+        .unwrap();
+        events.flush();
+
+        assert_same_tree(&dir);
+        let events = server.events.lock().unwrap().clone();
+        let fell = events
+            .iter()
+            .find_map(|e| e.strip_prefix("multicast: falling back to unicast after "))
+            .unwrap_or_else(|| panic!("{events:?}"));
+        assert!(
+            fell.ends_with(&format!(
+                " of {blocks} blocks: the session ended; the rest comes over HTTP"
+            )),
+            "{fell}"
+        );
+        let got: u32 = fell.split(' ').next().unwrap().parse().unwrap();
+        assert!((24..blocks).contains(&got), "{got} of {blocks}");
+        // 24 blocks in a row hold at least one whole chunk: it came from the session.
+        let gets = server.chunk_gets.lock().unwrap().len();
+        assert!(
+            gets > 0 && gets < entries,
+            "{gets} of {entries} chunks over HTTP"
+        );
+        assert!(events.last().unwrap().starts_with("installed debian@1: "));
+        sender.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn after_a_session_ended_early_an_http_outage_resumes_as_in_unicast() {
+        let dir = scratch("mcast-outage");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let (mut plan, mut script, _) = image(&dir, &key);
+        let (list, link, sender) = mcast::tests::fake_session(
+            stored_stream(&script),
+            BLOCK,
+            10_000_000,
+            mcast::tests::Script {
+                join_after: 0,
+                lose_every: None,
+                close_after_blocks: Some(24),
+            },
+        );
+        plan.mcast = Some(session_for(&list));
+        script.block_list = Some(list.to_text().into_bytes());
+        // Connections closed unanswered: a fetch tries 5 or 6 times within SHORT's give-up,
+        // so 4 fetchers absorb at most 20 before one gives up, and 21 allow at most 4
+        // resumes.
+        script.refuse_chunks = AtomicUsize::new(21);
+        let server = ImageServer::start(script);
+        let api = server.client();
+        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
+        let public = PublicKey(key.verifying_key().to_bytes());
+        install_via(
+            &api,
+            &events,
+            Some(&public),
+            &plan,
+            &dir.join("target"),
+            SHORT,
+            &hand_over(link),
+        )
+        .unwrap();
+        events.flush();
+
+        assert_same_tree(&dir);
+        let events = server.events.lock().unwrap().clone();
+        let at = |part: &str| events.iter().position(|e| e.contains(part));
+        let fell = at("multicast: falling back to unicast after ");
+        assert!(fell.is_some(), "{events:?}");
+        assert!(at("resuming at chunk ") > fell, "{events:?}");
+        assert!(events.last().unwrap().starts_with("installed debian@1: "));
+        sender.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_block_list_that_is_not_the_sessions_is_refused_and_http_does_it_all() {
+        let dir = scratch("mcast-refused");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let (mut plan, mut script, _) = image(&dir, &key);
+        let entries = script.order.len();
+        let list = metalcast_mcast::BlockList::from_bytes(&stored_stream(&script), BLOCK).unwrap();
+        let mut session = session_for(&list);
+        session.manifest_hash = metalcast_proto::mcast::ManifestHash([0xee; 32]);
+        plan.mcast = Some(session);
+        script.block_list = Some(list.to_text().into_bytes());
+        let server = ImageServer::start(script);
+        let api = server.client();
+        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
+        let public = PublicKey(key.verifying_key().to_bytes());
+        let never = |_: &McastSession| -> Result<Box<dyn Link>, McastError> {
+            panic!("no session to join")
+        };
+        install_via(
+            &api,
+            &events,
+            Some(&public),
+            &plan,
+            &dir.join("target"),
+            SHORT,
+            &never,
+        )
+        .unwrap();
+        events.flush();
+
+        assert_same_tree(&dir);
+        let events = server.events.lock().unwrap().clone();
+        assert_eq!(
+            events[1],
+            format!(
+                "multicast: not used: the block list hashes to {}, but the session's manifest \
+                 hash is {}; the whole image comes over HTTP",
+                metalcast_proto::mcast::ManifestHash(*list.manifest_hash()),
+                "ee".repeat(32)
+            )
+        );
+        assert_eq!(server.chunk_gets.lock().unwrap().len(), entries);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,6 +10,7 @@ mod cmdline;
 mod discover;
 mod events;
 mod install;
+mod mcast;
 mod network;
 mod nodeconf;
 mod provision;

@@ -106,10 +106,12 @@ pub fn net_stack(exists: impl Fn(&str) -> bool) -> NetStack {
     }
 }
 
-/// The UEFI BootOrder that keeps the network first and puts the installed system's entries
-/// (labels starting with `ours`, created without touching BootOrder) right after it, from
-/// `efibootmgr`'s listing. The appliance stays in control of every boot: its iPXE script
-/// `exit`s to the next entry, which must be the disk. `None` when nothing needs to change.
+/// The UEFI BootOrder that keeps the network entry this boot came through (BootCurrent) first
+/// and puts the installed system's entries (labels starting with `ours`, created without
+/// touching BootOrder) right after it, from `efibootmgr`'s listing. The appliance stays in
+/// control of every boot: its iPXE script `exit`s to the next entry, which must be the disk.
+/// The firmware's other network entries (IPv6, HTTP boot) go after the disks: each of them
+/// could spend minutes on timeouts before the disk's turn. `None` when nothing needs to change.
 pub fn boot_order(listing: &str, ours: &str) -> Option<String> {
     let current: Vec<&str> = listing
         .lines()
@@ -144,13 +146,19 @@ pub fn boot_order(listing: &str, ours: &str) -> Option<String> {
     if mine.is_empty() {
         return None;
     }
-    let mut order: Vec<&str> = current.iter().copied().filter(network).collect();
+    let booted = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("BootCurrent:"))
+        .map(str::trim)
+        .filter(network);
+    let first = booted.or_else(|| current.iter().copied().find(network));
+    let mut order: Vec<&str> = first.into_iter().collect();
     order.extend(&mine);
     order.extend(
         current
             .iter()
             .copied()
-            .filter(|n| !network(n) && !mine.contains(n)),
+            .filter(|n| Some(*n) != first && !mine.contains(n)),
     );
     (order != current).then(|| order.join(","))
 }
@@ -422,10 +430,16 @@ pub fn chroot_steps(plan: &Plan, target: &str) -> Vec<(StepKind, Action)> {
         all.extend_from_slice(args);
         Action::Run(Command::new("chroot", all))
     };
-    let mut steps = vec![(
-        StepKind::Config,
-        chroot(&["update-initramfs", "-u", "-k", "all"]),
-    )];
+    let mut steps = Vec::new();
+    // The image's own initramfs finds a root filesystem on a plain partition; arrays and
+    // volume groups need it rebuilt with this node's mdadm.conf and LVM hooks (a rebuild takes
+    // minutes on a slow machine, so it is skipped when nothing calls for it).
+    if !plan.raids.is_empty() || !plan.vgs.is_empty() {
+        steps.push((
+            StepKind::Config,
+            chroot(&["update-initramfs", "-u", "-k", "all"]),
+        ));
+    }
     steps.extend(
         bootloader_commands(plan, target)
             .into_iter()
@@ -719,21 +733,28 @@ mod tests {
     }
 
     #[test]
-    fn boot_order_keeps_the_network_first_then_the_installed_disks() {
-        let listing = "BootCurrent: 0004\nTimeout: 0 seconds\nBootOrder: 0004,0003,0000,0001\n\
+    fn boot_order_keeps_the_booted_network_entry_first_then_the_installed_disks() {
+        let listing = "BootCurrent: 0004\nTimeout: 0 seconds\nBootOrder: 0004,0003,0007,0000,0001\n\
                        Boot0000* UiApp\nBoot0001* UEFI QEMU NVMe Ctrl 1\n\
-                       Boot0003* UEFI PXEv4 (MAC:525400000001)\n\
-                       Boot0004* UEFI PXEv4 (MAC:525400000001) 2\n\
+                       Boot0003* UEFI PXEv6 (MAC:525400000001)\n\
+                       Boot0004* UEFI PXEv4 (MAC:525400000001)\n\
+                       Boot0007* UEFI HTTPv4 (MAC:525400000001)\n\
                        Boot0005  metalcast nvme0n1\nBoot0006  metalcast nvme1n1\n";
         assert_eq!(
             boot_order(listing, "metalcast ").as_deref(),
-            Some("0004,0003,0005,0006,0000,0001")
+            Some("0004,0005,0006,0003,0007,0000,0001")
         );
         let done = listing.replace(
-            "BootOrder: 0004,0003,0000,0001",
-            "BootOrder: 0004,0003,0005,0006,0000,0001",
+            "BootOrder: 0004,0003,0007,0000,0001",
+            "BootOrder: 0004,0005,0006,0003,0007,0000,0001",
         );
         assert_eq!(boot_order(&done, "metalcast "), None);
+        // Booted from something else (a disk): the first network entry leads.
+        let from_disk = listing.replace("BootCurrent: 0004", "BootCurrent: 0001");
+        assert_eq!(
+            boot_order(&from_disk, "metalcast ").as_deref(),
+            Some("0004,0005,0006,0003,0007,0000,0001")
+        );
         assert_eq!(
             boot_order("BootOrder: 0001\nBoot0001* disk\n", "metalcast "),
             None
@@ -782,7 +803,7 @@ mod tests {
     }
 
     #[test]
-    fn chroot_rebuilds_the_initramfs_then_installs_and_configures_grub() {
+    fn chroot_rebuilds_the_initramfs_for_arrays_then_installs_and_configures_grub() {
         let steps = programs(&chroot_steps(&raid_uefi(), "/target"));
         assert_eq!(
             steps[0],
@@ -817,6 +838,11 @@ mod tests {
         assert!(
             steps.iter().any(|(k, c)| *k == StepKind::Bootloader
                 && c == "chroot /target grub-install --target=i386-pc /dev/vda"),
+            "{steps:?}"
+        );
+        // No arrays, no volumes: the image's initramfs is kept.
+        assert!(
+            !steps.iter().any(|(_, c)| c.contains("update-initramfs")),
             "{steps:?}"
         );
     }

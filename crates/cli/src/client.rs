@@ -1,9 +1,10 @@
 //! The HTTP API client: one method per route the CLI uses.
 
 use metalcast_proto::image::{ChunkList, Digest, ImageSummary, Manifest, SignedManifest};
+use metalcast_proto::mcast::SessionId;
 use metalcast_proto::{
-    API_PREFIX, ApiError, GcSummary, ImageVersions, LayoutPlan, MacAddr, Node, NodeDetail,
-    NodeSettings, NodeState, SetLatest, SetState,
+    API_PREFIX, ApiError, CreateMcastSession, GcSummary, ImageVersions, LayoutPlan, MacAddr,
+    McastSessionStatus, Node, NodeDetail, NodeSettings, NodeState, SetLatest, SetState,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -92,6 +93,31 @@ impl Client {
             .post(&url)
             .header("Authorization", &self.auth)
             .send_empty();
+        decode(url, result)
+    }
+
+    pub fn create_session(
+        &self,
+        body: &CreateMcastSession,
+    ) -> Result<McastSessionStatus, ClientError> {
+        self.post("/mcast/sessions", body)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<McastSessionStatus>, ClientError> {
+        self.get("/mcast/sessions")
+    }
+
+    pub fn session(&self, id: SessionId) -> Result<McastSessionStatus, ClientError> {
+        self.get(&format!("/mcast/sessions/{id}"))
+    }
+
+    pub fn stop_session(&self, id: SessionId) -> Result<McastSessionStatus, ClientError> {
+        let url = self.url(&format!("/mcast/sessions/{id}"));
+        let result = self
+            .agent
+            .delete(&url)
+            .header("Authorization", &self.auth)
+            .call();
         decode(url, result)
     }
 

@@ -9,6 +9,7 @@ use metalcast_proto::{MacAddr, NodeSettings, NodeState, credentials};
 mod client;
 mod image;
 mod layout;
+mod mcast;
 mod render;
 
 use client::Client;
@@ -42,6 +43,9 @@ enum Command {
     /// Images: import, list, show, rollback, gc.
     #[command(subcommand, visible_alias = "images")]
     Image(image::ImageCommand),
+    /// Multicast sessions: start one for an image and nodes, show progress, stop.
+    #[command(subcommand)]
+    Mcast(mcast::McastCommand),
 }
 
 #[derive(Subcommand)]
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
     match command {
         Command::Layout(command) => layout::run(command),
         Command::Image(command) => image::run(&connect()?, command),
+        Command::Mcast(command) => mcast::run(&connect()?, command),
         Command::Nodes(command) => nodes(&connect()?, command),
     }
 }

@@ -5,7 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use metalcast_proto::image::{ImageSummary, SignedManifest};
 use metalcast_proto::layout::BlockDevice;
-use metalcast_proto::{Event, GcSummary, ImageVersions, Node, NodeDetail, Phase};
+use metalcast_proto::{
+    Event, GcSummary, ImageVersions, McastSessionStatus, McastState, MemberState, Node, NodeDetail,
+    Phase,
+};
 
 use crate::image::UploadStats;
 
@@ -182,6 +185,62 @@ fn short_id(id: &impl std::fmt::Display) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+fn mbit(bits_per_sec: f64) -> String {
+    format!("{:.1} Mbit/s", bits_per_sec / 1e6)
+}
+
+/// A session: what it sends, how fast, and one row per member.
+pub fn session(s: &McastSessionStatus) -> String {
+    let state = match s.state {
+        McastState::Sending => "sending",
+        McastState::Done => "done",
+        McastState::Stopped => "stopped",
+    };
+    let mut out = format!(
+        "session {}  {}  {state}  group {}\n  rate {} of {}, pass {}, {} blocks ({}), opened {} UTC\n",
+        s.session.id,
+        s.image,
+        s.session.group,
+        mbit(s.rate_bps as f64),
+        mbit(s.ceiling_bps as f64),
+        s.passes,
+        s.members.first().map_or(0, |m| m.blocks_total),
+        mib(s.session.length),
+        date_time(s.started_ms),
+    );
+    let mut rows = vec![
+        ["MAC", "STATE", "BLOCKS", "DONE", "LOSS", "RATE", "NOTE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in &s.members {
+        let state = match m.state {
+            MemberState::Waiting => "waiting",
+            MemberState::Receiving => "receiving",
+            MemberState::Done => "done",
+            MemberState::Unicast => "unicast",
+        };
+        let done = if m.blocks_total == 0 {
+            100.0
+        } else {
+            f64::from(m.blocks_done) * 100.0 / f64::from(m.blocks_total)
+        };
+        rows.push(vec![
+            m.mac.to_string(),
+            state.to_string(),
+            format!("{}/{}", m.blocks_done, m.blocks_total),
+            format!("{done:.0}%"),
+            format!("{:.1}%", f64::from(m.loss_ppm) / 1e4),
+            mbit(f64::from(m.rate_kbps) * 1e3),
+            m.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    for line in table(&rows).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
 }
 
 pub fn image_table(images: &[ImageSummary]) -> String {
@@ -658,6 +717,54 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("AAAA"), "{text}");
+    }
+
+    #[test]
+    fn sessions_show_each_members_progress() {
+        use metalcast_proto::McastMember;
+        use metalcast_proto::mcast::{ManifestHash, McastSession, SessionId};
+        let member = |mac: &str, state, done, reason: Option<&str>| McastMember {
+            mac: mac.parse().unwrap(),
+            state,
+            blocks_done: done,
+            blocks_total: 700,
+            loss_ppm: 49_000,
+            rate_kbps: 180_200,
+            reason: reason.map(String::from),
+        };
+        let status = McastSessionStatus {
+            session: McastSession {
+                id: SessionId(0xab),
+                group: "239.77.0.1:5000".parse().unwrap(),
+                manifest_hash: ManifestHash([0; 32]),
+                length: 700 << 20,
+                block_size: 1 << 20,
+                block_list: String::new(),
+            },
+            image: "debian@1".into(),
+            state: McastState::Sending,
+            started_ms: 0,
+            rate_bps: 412_300_000,
+            ceiling_bps: 500_000_000,
+            passes: 2,
+            members: vec![
+                member("52:54:00:00:00:01", MemberState::Receiving, 412, None),
+                member(
+                    "52:54:00:00:00:02",
+                    MemberState::Unicast,
+                    100,
+                    Some("too slow"),
+                ),
+            ],
+        };
+        assert_eq!(
+            session(&status),
+            "session 00000000000000ab  debian@1  sending  group 239.77.0.1:5000\n  \
+             rate 412.3 Mbit/s of 500.0 Mbit/s, pass 2, 700 blocks (700.0 MiB), opened 1970-01-01 00:00 UTC\n  \
+             MAC                STATE      BLOCKS   DONE  LOSS  RATE          NOTE\n  \
+             52:54:00:00:00:01  receiving  412/700  59%   4.9%  180.2 Mbit/s\n  \
+             52:54:00:00:00:02  unicast    100/700  14%   4.9%  180.2 Mbit/s  too slow\n"
+        );
     }
 
     #[test]

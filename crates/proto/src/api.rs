@@ -250,6 +250,10 @@ pub struct ImagePlan {
     pub name: String,
     pub version: String,
     pub manifest_id: Digest,
+    /// The multicast session to receive the version's stored stream from; `None` means
+    /// unicast. Chunks the session does not deliver are fetched over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcast: Option<crate::mcast::McastSession>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +287,71 @@ pub struct LayoutPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetState {
     pub state: NodeState,
+}
+
+/// `POST /api/v1/mcast/sessions`: send one image version to these nodes at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateMcastSession {
+    /// `NAME` (its latest) or `NAME@VERSION`.
+    pub image: String,
+    pub nodes: Vec<MacAddr>,
+    /// Rate ceiling on the wire, Mbit/s; the appliance's configured one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McastState {
+    /// Sending; members join whenever they boot.
+    Sending,
+    /// Every member finished or was sent to unicast.
+    Done,
+    /// Stopped by an admin or by the sender failing.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Not heard from yet.
+    Waiting,
+    Receiving,
+    /// Every block verified.
+    Done,
+    /// Told (or chose) to fetch the rest over HTTP.
+    Unicast,
+}
+
+/// One node's view in a session, from its latest status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McastMember {
+    pub mac: MacAddr,
+    pub state: MemberState,
+    pub blocks_done: u32,
+    pub blocks_total: u32,
+    /// Loss it reports, parts per million.
+    pub loss_ppm: u32,
+    pub rate_kbps: u32,
+    /// Why it went to unicast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McastSessionStatus {
+    #[serde(flatten)]
+    pub session: crate::mcast::McastSession,
+    /// `NAME@VERSION`.
+    pub image: String,
+    pub state: McastState,
+    pub started_ms: i64,
+    /// Current sending rate, bit/s, and the ceiling.
+    pub rate_bps: u64,
+    pub ceiling_bps: u64,
+    /// Carousel passes begun.
+    pub passes: u64,
+    pub members: Vec<McastMember>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -178,6 +178,19 @@ impl Manifest {
     pub fn stored_size(&self) -> u64 {
         self.chunks.iter().map(|c| c.stored_len).sum()
     }
+
+    /// Where each chunk starts in the version's stored stream: its chunk files as stored,
+    /// concatenated in manifest order (what a multicast session sends, docs/multicast.md).
+    pub fn stored_offsets(&self) -> Vec<u64> {
+        self.chunks
+            .iter()
+            .scan(0u64, |at, c| {
+                let start = *at;
+                *at = at.saturating_add(c.stored_len);
+                Some(start)
+            })
+            .collect()
+    }
 }
 
 /// A manifest with its id and the appliance's signature over that id.

@@ -17,6 +17,23 @@ impl MacAddr {
         self.0
     }
 
+    /// The MAC as a number (`0x5254_0012_3456`): a node's receiver id in multicast sessions,
+    /// so the appliance knows which node each status comes from.
+    pub fn to_u64(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes[2..].copy_from_slice(&self.0);
+        u64::from_be_bytes(bytes)
+    }
+
+    pub fn from_u64(id: u64) -> Option<MacAddr> {
+        let bytes = id.to_be_bytes();
+        (bytes[..2] == [0, 0]).then(|| {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&bytes[2..]);
+            MacAddr(mac)
+        })
+    }
+
     /// `52-54-00-12-34-56`, safe in file names and URLs.
     pub fn to_hyphenated(&self) -> String {
         self.to_string().replace(':', "-")
@@ -72,6 +89,14 @@ impl<'de> Deserialize<'de> for MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn u64_round_trip() {
+        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(mac.to_u64(), 0x5254_0012_3456);
+        assert_eq!(MacAddr::from_u64(mac.to_u64()), Some(mac));
+        assert_eq!(MacAddr::from_u64(1 << 48), None);
+    }
 
     #[test]
     fn parses_both_separators_and_displays_lowercase() {

@@ -13,6 +13,7 @@ use metalcast_tftp::TftpConfig;
 use serde::{Deserialize, Deserializer};
 
 use crate::http::BootFiles;
+use crate::mcast::McastSettings;
 use crate::ra::{self, Prefix};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/metalcast";
@@ -46,6 +47,29 @@ pub struct ConfigFile {
     pub dhcp: Option<DhcpConfig>,
     #[serde(default)]
     pub ra: RaFile,
+    /// Absent: no multicast sessions.
+    #[serde(default)]
+    pub mcast: Option<McastFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McastFile {
+    /// Default: the first `dhcp.interfaces` entry.
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default = "default_mcast_group_base")]
+    pub group_base: Ipv4Addr,
+    #[serde(default = "default_mcast_port")]
+    pub port: u16,
+    #[serde(default = "default_mcast_rate")]
+    pub rate_mbit: u32,
+    #[serde(default = "default_mcast_max_duration")]
+    pub max_duration_secs: u64,
+    #[serde(default = "default_mcast_member_deadline")]
+    pub member_deadline_secs: u64,
+    #[serde(default)]
+    pub auto_min_nodes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +179,8 @@ pub struct Config {
     pub dhcp: Option<DhcpConfig>,
     /// `None` when router advertisements are off.
     pub ra: Option<RaConfig>,
+    /// `None` when there is no `[mcast]` section.
+    pub mcast: Option<McastSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +270,11 @@ impl Config {
                 .map_err(|e| invalid(format!("dhcp.{}", e.field), e.reason))?;
         }
         let ra = validate_ra(&file.ra)?;
+        let mcast = file
+            .mcast
+            .as_ref()
+            .map(|m| validate_mcast(m, file.dhcp.as_ref()))
+            .transpose()?;
         let data_dir = base.join(&file.data_dir);
         let mut tftp = file.tftp;
         let tftp_stage = if tftp.root.as_os_str().is_empty() {
@@ -266,6 +297,7 @@ impl Config {
             tftp_stage,
             dhcp: file.dhcp,
             ra,
+            mcast,
         })
     }
 
@@ -336,19 +368,97 @@ impl Config {
     }
 }
 
-fn validate_ra(file: &RaFile) -> Result<Option<RaConfig>, ConfigError> {
-    for (i, name) in file.interfaces.iter().enumerate() {
-        if name.is_empty()
-            || name.len() > MAX_IFNAME
-            || name
-                .bytes()
-                .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0)
-        {
+fn check_ifname(key: String, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > MAX_IFNAME
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0)
+    {
+        return Err(invalid(key, format!("{name:?} is not an interface name")));
+    }
+    Ok(())
+}
+
+/// Multicast groups sessions may use: the organization-local scope (RFC 2365), which
+/// routers at the site's edge keep inside.
+const MCAST_SCOPE: (Ipv4Addr, u8) = (Ipv4Addr::new(239, 0, 0, 0), 8);
+
+fn validate_mcast(
+    file: &McastFile,
+    dhcp: Option<&DhcpConfig>,
+) -> Result<McastSettings, ConfigError> {
+    let interface = match (&file.interface, dhcp.and_then(|d| d.interfaces.first())) {
+        (Some(name), _) | (None, Some(name)) => name.clone(),
+        (None, None) => {
             return Err(invalid(
-                format!("ra.interfaces[{i}]"),
-                format!("{name:?} is not an interface name"),
+                "mcast.interface",
+                "name the interface sessions are sent on (there is no dhcp.interfaces to default to)",
             ));
         }
+    };
+    check_ifname("mcast.interface".into(), &interface)?;
+    let (scope, bits) = MCAST_SCOPE;
+    if u32::from(file.group_base) >> (32 - bits) != u32::from(scope) >> (32 - bits) {
+        return Err(invalid(
+            "mcast.group_base",
+            format!(
+                "{} is not in {scope}/{bits} (administratively scoped multicast)",
+                file.group_base
+            ),
+        ));
+    }
+    if file.port == 0 {
+        return Err(invalid("mcast.port", "must not be 0"));
+    }
+    if !(1..=100_000).contains(&file.rate_mbit) {
+        return Err(invalid(
+            "mcast.rate_mbit",
+            format!("{} is outside 1..=100000", file.rate_mbit),
+        ));
+    }
+    for (key, secs) in [
+        ("mcast.max_duration_secs", file.max_duration_secs),
+        ("mcast.member_deadline_secs", file.member_deadline_secs),
+    ] {
+        if !(10..=86_400).contains(&secs) {
+            return Err(invalid(key, format!("{secs} is outside 10..=86400")));
+        }
+    }
+    Ok(McastSettings {
+        interface,
+        group_base: file.group_base,
+        port: file.port,
+        rate_ceiling: u64::from(file.rate_mbit) * 1_000_000,
+        max_duration: Duration::from_secs(file.max_duration_secs),
+        member_deadline: Duration::from_secs(file.member_deadline_secs),
+        auto_min_nodes: file.auto_min_nodes,
+    })
+}
+
+fn default_mcast_group_base() -> Ipv4Addr {
+    Ipv4Addr::new(239, 77, 0, 0)
+}
+
+fn default_mcast_port() -> u16 {
+    5000
+}
+
+fn default_mcast_rate() -> u32 {
+    500
+}
+
+fn default_mcast_max_duration() -> u64 {
+    3600
+}
+
+fn default_mcast_member_deadline() -> u64 {
+    1800
+}
+
+fn validate_ra(file: &RaFile) -> Result<Option<RaConfig>, ConfigError> {
+    for (i, name) in file.interfaces.iter().enumerate() {
+        check_ifname(format!("ra.interfaces[{i}]"), name)?;
         if file.interfaces[..i].contains(name) {
             return Err(invalid(
                 format!("ra.interfaces[{i}]"),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod images;
 pub mod layouts;
+pub mod mcast;
 pub mod ra;
 pub mod script;
 pub mod store;

@@ -138,6 +138,7 @@ async fn serve(path: &Path) -> Result<()> {
     let mut services = Services::start(&config, &store)
         .await
         .context("starting boot services")?;
+    let mcast = metalcast_server::mcast::Sessions::start(config.mcast.clone(), store.clone());
     let app = http::app(AppState {
         store,
         boot: config.boot.clone(),
@@ -146,6 +147,7 @@ async fn serve(path: &Path) -> Result<()> {
             dir: config.layouts_dir.clone(),
         },
         images,
+        mcast,
     });
     let mut services_list = vec![format!("http on {http_addr}")];
     services_list.extend(services.started.iter().cloned());

@@ -9,10 +9,13 @@ use metalcast_proto::{
     AgentPlan, ApiError, Cpu, Disk, Dmi, Event, EventReport, Firmware, Hardware, LayoutPlan, Level,
     MacAddr, Nic, Node, NodeDetail, NodeState, Phase, RegisterRequest, SetState,
 };
-use metalcast_proto::{GcSummary, ImageVersions, SetLatest};
+use metalcast_proto::{
+    GcSummary, ImageVersions, McastSessionStatus, McastState, MemberState, SetLatest,
+};
 use metalcast_server::http::{self, AppState, BootFiles};
 use metalcast_server::images::Images;
 use metalcast_server::layouts::Layouts;
+use metalcast_server::mcast::{McastSettings, Sessions};
 use metalcast_server::store::Store;
 use reqwest::StatusCode;
 use reqwest::header::{
@@ -36,6 +39,10 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(None).await
+}
+
+async fn start_with(mcast: Option<McastSettings>) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let kernel: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(dir.path().join("vmlinuz"), &kernel).expect("writing vmlinuz");
@@ -61,6 +68,7 @@ async fn start() -> Harness {
             dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../../layouts").into(),
         },
         images: images.clone(),
+        mcast: Sessions::start(mcast, store.clone()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1111,4 +1119,165 @@ async fn images_upload_sign_pin_and_serve() {
             .await
             .is_empty()
     );
+}
+
+/// Puts `parts` into the store as image `deb` version `version`.
+async fn upload_image(h: &Harness, version: &str, parts: &[&[u8]]) -> SignedManifest {
+    for p in parts {
+        let (hash, stored) = chunk(p);
+        let resp = h
+            .client
+            .put(h.url(&format!("/api/v1/chunks/{hash}")))
+            .bearer_auth(&h.admin)
+            .body(stored)
+            .send()
+            .await
+            .expect("uploading a chunk");
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    let resp = h
+        .client
+        .post(h.url("/api/v1/images"))
+        .bearer_auth(&h.admin)
+        .json(&manifest_of(version, parts))
+        .send()
+        .await
+        .expect("posting the manifest");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    resp.json().await.expect("a signed manifest")
+}
+
+#[tokio::test]
+async fn mcast_sessions_open_serve_their_block_list_and_stop() {
+    // Without an [mcast] section there are no sessions.
+    let plain = start().await;
+    let resp = plain
+        .client
+        .post(plain.url("/api/v1/mcast/sessions"))
+        .bearer_auth(&plain.admin)
+        .json(&serde_json::json!({"image": "deb@1", "nodes": [MAC_A]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = error_of(resp).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("[mcast]"), "{message}");
+
+    let h = start_with(Some(McastSettings {
+        interface: "lo".into(),
+        group_base: "239.77.0.0".parse().unwrap(),
+        port: 5000,
+        rate_ceiling: 100_000_000,
+        max_duration: std::time::Duration::from_secs(60),
+        member_deadline: std::time::Duration::from_secs(60),
+        auto_min_nodes: 0,
+    }))
+    .await;
+    let parts: Vec<Vec<u8>> = (0..3u32)
+        .map(|n| (0..40_000u32).map(|i| (i * (n + 7) % 253) as u8).collect())
+        .collect();
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let signed = upload_image(&h, "1", &parts).await;
+    let set = |mac: &str, body: serde_json::Value| {
+        h.client
+            .put(h.url(&format!("/api/v1/nodes/{mac}")))
+            .bearer_auth(&h.admin)
+            .json(&body)
+            .send()
+    };
+    set(
+        MAC_A,
+        serde_json::json!({"image": "deb@1", "state": "provisioning"}),
+    )
+    .await
+    .unwrap();
+    set(MAC_B, serde_json::json!({"hostname": "b"}))
+        .await
+        .unwrap();
+    let open = |nodes: &[&str]| {
+        h.client
+            .post(h.url("/api/v1/mcast/sessions"))
+            .bearer_auth(&h.admin)
+            .json(&serde_json::json!({"image": "deb@1", "nodes": nodes, "rate_mbit": 50}))
+            .send()
+    };
+    // A member that would never join is refused, naming what it installs.
+    let (status, message) = error_of(open(&[MAC_A, MAC_B]).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        message.contains("installs no image, not deb@1"),
+        "{message}"
+    );
+
+    let resp = open(&[MAC_A]).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let first: McastSessionStatus = resp.json().await.unwrap();
+    assert_eq!(first.image, "deb@1");
+    assert_eq!(first.state, McastState::Sending);
+    assert_eq!(first.ceiling_bps, 50_000_000);
+    assert_eq!(first.session.length, signed.manifest.stored_size());
+    assert_eq!(first.members.len(), 1);
+    assert_eq!(first.members[0].state, MemberState::Waiting);
+    assert_eq!(first.members[0].blocks_total, 1);
+
+    // The block list: its hash is the one the session announces.
+    let id = first.session.id;
+    let blocks = |token: &str| {
+        h.get(&format!("/api/v1/mcast/sessions/{id}/blocks"), Some(token))
+            .send()
+    };
+    let text = blocks(&h.admin).await.unwrap().text().await.unwrap();
+    let list = metalcast_mcast::BlockList::parse_text(&text).expect("a block list");
+    assert_eq!(*list.manifest_hash(), first.session.manifest_hash.0);
+    let (_, token_a) = h.script(MAC_A).await;
+    let (_, token_b) = h.script(MAC_B).await;
+    let resp = blocks(token_a.as_deref().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, message) = error_of(blocks(token_b.as_deref().unwrap()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(message.contains("not a member"), "{message}");
+
+    // Stopped before anyone joined: the member's plan is unicast.
+    let resp = h
+        .client
+        .delete(h.url(&format!("/api/v1/mcast/sessions/{id}")))
+        .bearer_auth(&h.admin)
+        .send()
+        .await
+        .unwrap();
+    let stopped: McastSessionStatus = resp.json().await.unwrap();
+    assert_eq!(stopped.state, McastState::Stopped);
+    let plan = || async {
+        h.get(&format!("/api/v1/agent/{MAC_A}/plan"), token_a.as_deref())
+            .send()
+            .await
+            .unwrap()
+            .json::<AgentPlan>()
+            .await
+            .unwrap()
+            .image
+            .expect("an image plan")
+    };
+    assert_eq!(plan().await.mcast, None);
+
+    // A new session: the member's plan names it.
+    let second: McastSessionStatus = open(&[MAC_A]).await.unwrap().json().await.unwrap();
+    assert_ne!(second.session.id, id);
+    assert_ne!(second.session.group, first.session.group);
+    assert_eq!(plan().await.mcast, Some(second.session.clone()));
+    let listed: Vec<McastSessionStatus> = h
+        .get("/api/v1/mcast/sessions", Some(&h.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    let resp = h
+        .get("/api/v1/mcast/sessions/00000000000000ff", Some(&h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }

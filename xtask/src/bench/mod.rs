@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 use crate::lab::{self, Appliance, Daemon, Netns};
+use crate::mcast;
 
 mod boot;
 mod dhcp;
@@ -26,12 +27,16 @@ pub enum Target {
     Tftp,
     /// Power-on → agent registered, BIOS and UEFI, with and without router advertisements.
     Boot,
+    /// Multicast against udpcast and uftp: capped link, 4 and 16 receivers, 0/1/5% loss.
+    Mcast,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(value_enum)]
     pub target: Target,
+    #[command(flatten)]
+    pub mcast: mcast::BenchArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -45,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
         Target::Dhcp => dhcp::run(),
         Target::Tftp => tftp::run(),
         Target::Boot => boot::run(),
+        Target::Mcast => mcast::bench(args.mcast),
     }
 }
 

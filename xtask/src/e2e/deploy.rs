@@ -4,7 +4,8 @@
 //! reboot via the appliance's local-disk handoff until their serial console shows Debian's
 //! login prompt with the hostname set for them. The appliance is stopped for 10 s in the middle
 //! of the BIOS node's image load; the load resumes. Then the UEFI node boots again with one
-//! drive detached (mirrored ESPs).
+//! drive detached (mirrored ESPs). Every node gets a root password hash and an SSH key: the
+//! test logs in with the key and reads back the hostname, root's hash and the name servers.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::lab::{self, Appliance, DiskBus, Netns, Vm, VmSpec, lab_mac, wait_for}
 
 /// Layout, image, configuration, bootloader and the first boot of Debian, under TCG.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(1200);
-const IMAGE: &str = "debian";
+pub(super) const IMAGE: &str = "debian";
 
 struct Node {
     hostname: &'static str,
@@ -57,24 +58,9 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
         },
     );
     let mut appliance = Appliance::start(&ns, &ctx.bins, &dir, &config, &url())?;
-    let tarball = built.tarball.to_string_lossy().into_owned();
-    let imported = appliance.cli(&[
-        "image",
-        "import",
-        IMAGE,
-        "--version",
-        "1",
-        "--from-tar",
-        &tarball,
-        "--os-family",
-        &built.os_family,
-        "--kernel",
-        &built.kernel,
-        "--initrd",
-        &built.initrd,
-    ])?;
-    println!("e2e: {}", imported.lines().last().unwrap_or_default());
+    import_image(&appliance, &built)?;
 
+    let access = Access::create(&dir)?;
     let mut vms = Vec::new();
     for (i, node) in NODES.iter().enumerate() {
         let tap = format!("tap{i}");
@@ -89,19 +75,19 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
             memory_mib: 1024,
         };
         let vm = Vm::create(spec, &dir.join(node.hostname))?;
-        appliance.cli(&[
+        let mac = vm.spec.mac.to_string();
+        let mut args = vec![
             "node",
             "set",
-            &vm.spec.mac.to_string(),
+            &mac,
             "--layout",
             node.layout,
             "--image",
             IMAGE,
-            "--hostname",
-            node.hostname,
-            "--state",
-            "provisioning",
-        ])?;
+        ];
+        args.extend(["--hostname", node.hostname, "--state", "provisioning"]);
+        args.extend(access.node_set_args());
+        appliance.cli(&args)?;
         vms.push(vm);
     }
     for vm in &mut vms {
@@ -122,6 +108,13 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
             ),
             installed,
         );
+        report.check(
+            &format!(
+                "root logs into {} with its SSH key; its password hash and name servers are set",
+                node.hostname
+            ),
+            access.check(&appliance, &ns, vm, node.hostname),
+        );
         let _ = std::fs::write(
             vm.dir.join("events.txt"),
             appliance
@@ -134,6 +127,28 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "the RAID 1 UEFI node still boots with one drive detached",
         degraded,
     );
+    Ok(())
+}
+
+/// Imports the built image as `IMAGE` version 1.
+pub(super) fn import_image(appliance: &Appliance, built: &image::Built) -> Result<()> {
+    let tarball = built.tarball.to_string_lossy().into_owned();
+    let imported = appliance.cli(&[
+        "image",
+        "import",
+        IMAGE,
+        "--version",
+        "1",
+        "--from-tar",
+        &tarball,
+        "--os-family",
+        &built.os_family,
+        "--kernel",
+        &built.kernel,
+        "--initrd",
+        &built.initrd,
+    ])?;
+    println!("e2e: {}", imported.lines().last().unwrap_or_default());
     Ok(())
 }
 
@@ -179,7 +194,7 @@ fn appliance_outage_mid_load(appliance: &mut Appliance, vm: &mut Vm) -> Result<(
 
 /// The node is marked provisioned by its agent, reboots through the local-disk handoff and
 /// its serial console shows `HOSTNAME login:`.
-fn wait_login(appliance: &mut Appliance, vm: &mut Vm, hostname: &str) -> Result<()> {
+pub(super) fn wait_login(appliance: &mut Appliance, vm: &mut Vm, hostname: &str) -> Result<()> {
     let prompt = format!("{hostname} login:");
     wait_for(&prompt, INSTALL_TIMEOUT, Duration::from_secs(3), || {
         vm.check_alive()?;
@@ -211,6 +226,100 @@ fn wait_login(appliance: &mut Appliance, vm: &mut Vm, hostname: &str) -> Result<
         local.message
     );
     Ok(())
+}
+
+/// The credentials the nodes get: a fresh SSH key pair and a SHA-512 crypt hash.
+pub(super) struct Access {
+    private_key: String,
+    public_key: String,
+    hash: String,
+}
+
+/// Name server the lab's DHCP pool hands out (see `authoritative_dhcp`).
+const LAB_DNS: &str = "nameserver 10.77.0.1";
+
+impl Access {
+    pub(super) fn create(dir: &std::path::Path) -> Result<Access> {
+        let key = dir.join("id_ed25519");
+        let _ = std::fs::remove_file(&key);
+        lab::run(
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e@metalcast", "-f"])
+                .arg(&key),
+        )?;
+        let hashed = lab::run(std::process::Command::new("openssl").args([
+            "passwd",
+            "-6",
+            "e2e-root-password",
+        ]))?;
+        Ok(Access {
+            private_key: key.to_string_lossy().into_owned(),
+            public_key: format!("{}.pub", key.display()),
+            hash: String::from_utf8_lossy(&hashed.stdout).trim().to_string(),
+        })
+    }
+
+    /// The `metalcast node set` arguments that give a node these credentials.
+    pub(super) fn node_set_args(&self) -> [&str; 4] {
+        [
+            "--root-password-hash",
+            &self.hash,
+            "--ssh-key-file",
+            &self.public_key,
+        ]
+    }
+
+    /// `ssh root@NODE` from the appliance's namespace (sshd may start after the login prompt).
+    pub(super) fn check(
+        &self,
+        appliance: &Appliance,
+        ns: &Netns,
+        vm: &Vm,
+        hostname: &str,
+    ) -> Result<()> {
+        let ip = appliance
+            .node(vm.spec.mac)?
+            .and_then(|d| d.node.ip)
+            .context("the node has no lease")?;
+        let login = || -> Result<Option<String>> {
+            let out = ns
+                .command("ssh")
+                .args(["-i", &self.private_key, "-o", "BatchMode=yes"])
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
+                .arg(format!("root@{ip}"))
+                .arg("hostname; grep ^root: /etc/shadow; cat /etc/resolv.conf")
+                .output()?;
+            Ok(out
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        };
+        let seen = wait_for(
+            "ssh root@node",
+            Duration::from_secs(180),
+            Duration::from_secs(5),
+            login,
+        )?;
+        let mut lines = seen.lines();
+        ensure!(lines.next() == Some(hostname), "hostname: {seen}");
+        ensure!(
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with(&format!("root:{}:", self.hash))),
+            "root's shadow entry does not carry the hash set on the appliance: {seen}"
+        );
+        ensure!(
+            seen.contains(LAB_DNS),
+            "no lab name server in resolv.conf: {seen}"
+        );
+        Ok(())
+    }
 }
 
 fn boot_with_one_drive(appliance: &mut Appliance, ns: &Netns, vm: &mut Vm) -> Result<()> {

@@ -14,11 +14,13 @@ use metalcast_proto::{Firmware, MacAddr, NodeDetail, Phase};
 
 mod deploy;
 mod layout;
+mod mcast_deploy;
 
 use crate::initramfs::{self, BootArtifacts};
 use crate::lab::{
     self, APPLIANCE_IP, Appliance, Binaries, DiskBus, Netns, Vm, VmSpec, lab_mac, wait_for,
 };
+use crate::mcast;
 use crate::workspace;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -29,6 +31,9 @@ pub enum Suite {
     Layout,
     /// Debian installed over unicast HTTP on a UEFI RAID 1 node and a BIOS node, booted.
     Deploy,
+    /// The multicast protocol: a sender and 8 receiver processes, 5% loss, late join, restart;
+    /// then two VMs installed together from one multicast session.
+    Mcast,
 }
 
 #[derive(clap::Args)]
@@ -65,7 +70,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn check(&mut self, name: &str, outcome: Result<()>) {
+    pub(crate) fn check(&mut self, name: &str, outcome: Result<()>) {
         match &outcome {
             Ok(()) => println!("e2e: ok      {name}"),
             Err(e) => println!("e2e: FAILED  {name}: {e:#}"),
@@ -102,6 +107,10 @@ pub fn run(args: Args) -> Result<()> {
             ],
             Suite::Layout => &[("layouts", layout::scenario)],
             Suite::Deploy => &[("deploy", deploy::scenario)],
+            Suite::Mcast => &[
+                ("mcast", mcast::scenario),
+                ("mcast-deploy", mcast_deploy::scenario),
+            ],
         }
     });
     let mut report = Report::default();
@@ -168,6 +177,8 @@ unknown_nodes = "discover"
 [[dhcp.pools]]
 subnet = "10.77.0.0/24"
 range = ["10.77.0.100", "10.77.0.199"]
+dns = ["10.77.0.1"]
+domain = "lab.metalcast"
 {extra_pools}"#
     )
 }

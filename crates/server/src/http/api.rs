@@ -242,10 +242,12 @@ async fn image_plan(state: &SharedState, mac: MacAddr, text: &str) -> Result<Ima
     let signed = super::images::resolve(state, &wanted)
         .await?
         .ok_or_else(|| conflict(super::images::unresolved(&wanted)))?;
+    let mcast = super::mcast::session_for(state, mac, &signed).await?;
     Ok(ImagePlan {
         name: signed.manifest.name,
         version: signed.manifest.version,
         manifest_id: signed.id,
+        mcast,
     })
 }
 

@@ -3,6 +3,7 @@
 mod api;
 mod boot;
 mod images;
+mod mcast;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub known_nodes: Option<mpsc::Sender<MacAddr>>,
     pub layouts: Layouts,
     pub images: Images,
+    pub mcast: Arc<crate::mcast::Sessions>,
 }
 
 impl AppState {
@@ -66,7 +68,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/boot", boot::routes())
         .nest(
             metalcast_proto::API_PREFIX,
-            api::routes().merge(images::routes()),
+            api::routes().merge(images::routes()).merge(mcast::routes()),
         )
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { Failure::new(StatusCode::NOT_FOUND, "no such route") })
