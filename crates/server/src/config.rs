@@ -564,6 +564,47 @@ mod tests {
         let ra = c.ra.expect("the example enables router advertisements");
         assert_eq!(ra.interfaces, vec!["eth1".to_string()]);
         assert_eq!(ra.interval, Duration::from_secs(10));
+        let mcast = c.mcast.expect("the example configures multicast");
+        assert_eq!(mcast.interface, "eth1");
+        assert_eq!(mcast.rate_ceiling, 500_000_000);
+    }
+
+    #[test]
+    fn mcast_settings_default_to_the_dhcp_interface_and_are_checked() {
+        let c = parse(&format!(
+            "{MINIMAL}[mcast]
+interface = \"br0\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.mcast,
+            Some(McastSettings {
+                interface: "br0".into(),
+                group_base: Ipv4Addr::new(239, 77, 0, 0),
+                port: 5000,
+                rate_ceiling: 500_000_000,
+                max_duration: Duration::from_secs(3600),
+                member_deadline: Duration::from_secs(1800),
+                auto_min_nodes: 0,
+            })
+        );
+        assert!(parse(MINIMAL).unwrap().mcast.is_none());
+        assert_eq!(key_of(&format!("{MINIMAL}[mcast]\n")), "mcast.interface");
+        for (bad, key) in [
+            ("group_base = \"224.0.0.0\"", "mcast.group_base"),
+            ("rate_mbit = 0", "mcast.rate_mbit"),
+            ("port = 0", "mcast.port"),
+            ("max_duration_secs = 1", "mcast.max_duration_secs"),
+            ("interface = \"a b\"", "mcast.interface"),
+        ] {
+            let text = format!("{MINIMAL}[mcast]\ninterface = \"br0\"\n{bad}\n");
+            let text = if bad.starts_with("interface") {
+                format!("{MINIMAL}[mcast]\n{bad}\n")
+            } else {
+                text
+            };
+            assert_eq!(key_of(&text), key, "{bad}");
+        }
     }
 
     #[test]
