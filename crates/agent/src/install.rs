@@ -1095,6 +1095,24 @@ mod tests {
         assert!(!dir.join("target").join(mcast::SPOOL_NAME).exists());
     }
 
+    /// Installs `plan` from a fake appliance answering with `script`, receiving multicast
+    /// through `open_link`; returns the appliance with what it saw.
+    fn install_from(
+        script: Script,
+        key: &SigningKey,
+        plan: &ImagePlan,
+        target: &Path,
+        open_link: OpenLink<'_>,
+    ) -> ImageServer {
+        let server = ImageServer::start(script);
+        let api = server.client();
+        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
+        let public = PublicKey(key.verifying_key().to_bytes());
+        install_via(&api, &events, Some(&public), plan, target, SHORT, open_link).unwrap();
+        events.flush();
+        server
+    }
+
     /// Blocks of 16 KiB: a chunk (16 to 256 KiB) spans several.
     const BLOCK: u32 = 16 * 1024;
 
@@ -1116,22 +1134,7 @@ mod tests {
         let blocks = list.geometry().block_count();
         plan.mcast = Some(session_for(&list));
         script.block_list = Some(list.to_text().into_bytes());
-        let server = ImageServer::start(script);
-        let api = server.client();
-        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
-        let public = PublicKey(key.verifying_key().to_bytes());
-        let target = dir.join("target");
-        install_via(
-            &api,
-            &events,
-            Some(&public),
-            &plan,
-            &target,
-            SHORT,
-            &hand_over(link),
-        )
-        .unwrap();
-        events.flush();
+        let server = install_from(script, &key, &plan, &dir.join("target"), &hand_over(link));
 
         assert_same_tree(&dir);
         assert!(server.chunk_gets.lock().unwrap().is_empty());
@@ -1177,21 +1180,7 @@ mod tests {
         let blocks = list.geometry().block_count();
         plan.mcast = Some(session_for(&list));
         script.block_list = Some(list.to_text().into_bytes());
-        let server = ImageServer::start(script);
-        let api = server.client();
-        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
-        let public = PublicKey(key.verifying_key().to_bytes());
-        install_via(
-            &api,
-            &events,
-            Some(&public),
-            &plan,
-            &dir.join("target"),
-            SHORT,
-            &hand_over(link),
-        )
-        .unwrap();
-        events.flush();
+        let server = install_from(script, &key, &plan, &dir.join("target"), &hand_over(link));
 
         assert_same_tree(&dir);
         let events = server.events.lock().unwrap().clone();
@@ -1239,21 +1228,7 @@ mod tests {
         // so 4 fetchers absorb at most 20 before one gives up, and 21 allow at most 4
         // resumes.
         script.refuse_chunks = AtomicUsize::new(21);
-        let server = ImageServer::start(script);
-        let api = server.client();
-        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
-        let public = PublicKey(key.verifying_key().to_bytes());
-        install_via(
-            &api,
-            &events,
-            Some(&public),
-            &plan,
-            &dir.join("target"),
-            SHORT,
-            &hand_over(link),
-        )
-        .unwrap();
-        events.flush();
+        let server = install_from(script, &key, &plan, &dir.join("target"), &hand_over(link));
 
         assert_same_tree(&dir);
         let events = server.events.lock().unwrap().clone();
@@ -1277,24 +1252,10 @@ mod tests {
         session.manifest_hash = metalcast_proto::mcast::ManifestHash([0xee; 32]);
         plan.mcast = Some(session);
         script.block_list = Some(list.to_text().into_bytes());
-        let server = ImageServer::start(script);
-        let api = server.client();
-        let events = EventQueue::start(api.clone(), Backoff::new(SHORT.initial, SHORT.cap, 1));
-        let public = PublicKey(key.verifying_key().to_bytes());
         let never = |_: &McastSession| -> Result<Box<dyn Link>, McastError> {
             panic!("no session to join")
         };
-        install_via(
-            &api,
-            &events,
-            Some(&public),
-            &plan,
-            &dir.join("target"),
-            SHORT,
-            &never,
-        )
-        .unwrap();
-        events.flush();
+        let server = install_from(script, &key, &plan, &dir.join("target"), &never);
 
         assert_same_tree(&dir);
         let events = server.events.lock().unwrap().clone();

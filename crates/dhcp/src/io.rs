@@ -39,6 +39,8 @@ pub enum Control {
     Known(MacAddr),
     /// See [`Server::tftp_done`].
     TftpDone(MacAddr),
+    /// See [`Server::set_local_boot`].
+    LocalBoot(MacAddr, bool),
     /// Reply with the current counters.
     Counters(oneshot::Sender<Counters>),
     /// Reply with [`Server::lease_for_ip`]: lets the TFTP side name a client by address
@@ -165,6 +167,7 @@ pub async fn run(
             Event::Control(Some(Control::TftpDone(mac))) => {
                 server.tftp_done(mac, SystemTime::now())
             }
+            Event::Control(Some(Control::LocalBoot(mac, on))) => server.set_local_boot(mac, on),
             Event::Control(Some(Control::Counters(reply))) => {
                 let mut counters = server.counters();
                 counters.notices_dropped = edge.notices_dropped;

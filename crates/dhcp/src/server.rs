@@ -54,6 +54,8 @@ pub struct Server {
     known: HashSet<MacAddr>,
     /// When the TFTP service last finished sending a boot file to each MAC.
     chainloaded: HashMap<MacAddr, i64>,
+    /// Nodes whose next boot is their local disk (see [`Server::set_local_boot`]).
+    local_boot: HashSet<MacAddr>,
     chainloaded_sweep_at: usize,
     leases: LeaseStore,
     observed: Observed,
@@ -158,6 +160,7 @@ impl Server {
                 .collect(),
             known: HashSet::new(),
             chainloaded: HashMap::new(),
+            local_boot: HashSet::new(),
             chainloaded_sweep_at: SWEEP_MIN,
             leases: LeaseStore::new(&ranges, reserved),
             observed: Observed::default(),
@@ -232,6 +235,18 @@ impl Server {
     /// Marks `mac` as a node the appliance knows (see `unknown_nodes`).
     pub fn set_known(&mut self, mac: MacAddr) {
         self.known.insert(mac);
+    }
+
+    /// Whether `mac`'s next network boot only hands over to its local disk. Such a node's
+    /// iPXE gets the script at once, whatever `chainload` says: loading another iPXE just to
+    /// exit from it gains nothing, and UEFI iPXE ROMs hang when a chained iPXE exits back into
+    /// them, instead of returning to the firmware's next boot option.
+    pub fn set_local_boot(&mut self, mac: MacAddr, on: bool) {
+        if on {
+            self.local_boot.insert(mac);
+        } else {
+            self.local_boot.remove(&mac);
+        }
     }
 
     /// The TFTP service finished sending a boot file to `mac`: an iPXE request from it
@@ -319,7 +334,8 @@ impl Server {
             .chainloaded
             .get(&mac)
             .is_some_and(|&at| cx.now.saturating_sub(at) <= self.chainload_window);
-        draft.boot = match pxe::choose(&cx.client, self.chainload, recent) {
+        let local = self.local_boot.contains(&mac);
+        draft.boot = match pxe::choose(&cx.client, self.chainload, recent || local) {
             BootChoice::Binary(Firmware::Bios) => Some(self.boot_files.bios.clone()),
             BootChoice::Binary(Firmware::Uefi) => Some(self.boot_files.uefi.clone()),
             BootChoice::Script => Some(format!(

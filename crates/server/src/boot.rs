@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use metalcast_dhcp::{Control, LeaseChange, Notice};
-use metalcast_proto::{Event, Level, MacAddr, Phase};
+use metalcast_proto::{Event, Level, MacAddr, Node, NodeState, Phase};
 use metalcast_tftp::{TransferEvent, TransferOutcome};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -51,8 +51,8 @@ pub enum BootError {
 
 /// The running boot services.
 pub struct Services {
-    /// For the HTTP service: nodes it creates or registers, passed on to DHCP.
-    pub known_nodes: Option<mpsc::Sender<MacAddr>>,
+    /// For the HTTP service: nodes it creates, registers or changes, passed on to DHCP.
+    pub known_nodes: Option<mpsc::Sender<Node>>,
     /// One phrase per service started, for the start-up log line.
     pub started: Vec<String>,
     tasks: JoinSet<Result<(), BootError>>,
@@ -114,7 +114,7 @@ impl Services {
                 Err(BootError::Ended("dhcp"))
             });
             tasks.spawn(forward_known(
-                store.known_macs().await?,
+                store.nodes().await?,
                 known_rx,
                 control_tx.clone(),
             ));
@@ -179,21 +179,32 @@ impl Services {
     }
 }
 
-/// Tell DHCP the nodes already in the store, then every node HTTP creates or registers.
+/// Tell DHCP the nodes already in the store, then every node HTTP creates, registers or
+/// changes: that it is known, and whether its next boot is its local disk.
 async fn forward_known(
-    stored: Vec<MacAddr>,
-    mut from_http: mpsc::Receiver<MacAddr>,
+    stored: Vec<Node>,
+    mut from_http: mpsc::Receiver<Node>,
     control: mpsc::Sender<Control>,
 ) -> Result<(), BootError> {
+    let notices = |node: &Node| {
+        [
+            Control::Known(node.mac),
+            Control::LocalBoot(node.mac, node.state == NodeState::Provisioned),
+        ]
+    };
     // When a send fails the DHCP task has ended; its own result says why.
-    for mac in stored {
-        if control.send(Control::Known(mac)).await.is_err() {
-            return std::future::pending().await;
+    for node in &stored {
+        for notice in notices(node) {
+            if control.send(notice).await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
-    while let Some(mac) = from_http.recv().await {
-        if control.send(Control::Known(mac)).await.is_err() {
-            break;
+    'http: while let Some(node) = from_http.recv().await {
+        for notice in notices(&node) {
+            if control.send(notice).await.is_err() {
+                break 'http;
+            }
         }
     }
     // HTTP is shutting down: so are we, by being aborted.

@@ -7,6 +7,7 @@
 //! drive detached (mirrored ESPs). Every node gets a root password hash and an SSH key: the
 //! test logs in with the key and reads back the hostname, root's hash and the name servers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -46,21 +47,9 @@ const NODES: [Node; 2] = [
 ];
 
 pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    let built = image::build("debian-bookworm", None)?;
-    let dir = lab::run_dir("deploy")?;
-    let ns = appliance_netns()?;
-    let config = appliance_config(
-        ctx,
-        &Setup {
-            dir: &dir,
-            dhcp: &authoritative_dhcp(""),
-            ra: true,
-        },
-    );
-    let mut appliance = Appliance::start(&ns, &ctx.bins, &dir, &config, &url())?;
-    import_image(&appliance, &built)?;
-
-    let access = Access::create(&dir)?;
+    let lab = DeployLab::new(ctx, "deploy", "")?;
+    let (dir, ns, access) = (&lab.dir, &lab.ns, &lab.access);
+    let mut appliance = lab.appliance(ctx)?;
     let mut vms = Vec::new();
     for (i, node) in NODES.iter().enumerate() {
         let tap = format!("tap{i}");
@@ -91,7 +80,7 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
         vms.push(vm);
     }
     for vm in &mut vms {
-        vm.power_on(&ns)?;
+        vm.power_on(ns)?;
     }
 
     let outage = appliance_outage_mid_load(&mut appliance, &mut vms[1]);
@@ -113,7 +102,7 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 "root logs into {} with its SSH key; its password hash and name servers are set",
                 node.hostname
             ),
-            access.check(&appliance, &ns, vm, node.hostname),
+            access.check(&appliance, ns, vm, node.hostname),
         );
         let _ = std::fs::write(
             vm.dir.join("events.txt"),
@@ -122,7 +111,7 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 .unwrap_or_default(),
         );
     }
-    let degraded = boot_with_one_drive(&mut appliance, &ns, &mut vms[0]);
+    let degraded = boot_with_one_drive(&mut appliance, ns, &mut vms[0]);
     report.check(
         "the RAID 1 UEFI node still boots with one drive detached",
         degraded,
@@ -130,8 +119,50 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// A deploy lab: the appliance's namespace and configuration (with `extra_config` appended),
+/// the Debian image, and the credentials nodes get.
+pub(super) struct DeployLab {
+    pub dir: PathBuf,
+    pub ns: Netns,
+    pub access: Access,
+    config: String,
+    built: image::Built,
+}
+
+impl DeployLab {
+    pub(super) fn new(ctx: &Ctx, label: &str, extra_config: &str) -> Result<DeployLab> {
+        let built = image::build("debian-bookworm", None)?;
+        let dir = lab::run_dir(label)?;
+        let ns = appliance_netns()?;
+        let mut config = appliance_config(
+            ctx,
+            &Setup {
+                dir: &dir,
+                dhcp: &authoritative_dhcp(""),
+                ra: true,
+            },
+        );
+        config.push_str(extra_config);
+        let access = Access::create(&dir)?;
+        Ok(DeployLab {
+            dir,
+            ns,
+            access,
+            config,
+            built,
+        })
+    }
+
+    /// Starts the appliance and imports the image into it.
+    pub(super) fn appliance<'a>(&'a self, ctx: &'a Ctx) -> Result<Appliance<'a>> {
+        let appliance = Appliance::start(&self.ns, &ctx.bins, &self.dir, &self.config, &url())?;
+        import_image(&appliance, &self.built)?;
+        Ok(appliance)
+    }
+}
+
 /// Imports the built image as `IMAGE` version 1.
-pub(super) fn import_image(appliance: &Appliance, built: &image::Built) -> Result<()> {
+fn import_image(appliance: &Appliance, built: &image::Built) -> Result<()> {
     let tarball = built.tarball.to_string_lossy().into_owned();
     let imported = appliance.cli(&[
         "image",

@@ -8,33 +8,22 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use metalcast_proto::{Firmware, McastSessionStatus, McastState, MemberState, Phase};
 
-use super::deploy::{Access, IMAGE, import_image, wait_login};
-use super::{Ctx, Report, Setup, appliance_config, appliance_netns, authoritative_dhcp, url};
-use crate::image;
-use crate::lab::{self, Appliance, DiskBus, Vm, VmSpec, lab_mac, wait_for};
+use super::deploy::{DeployLab, IMAGE, wait_login};
+use super::{Ctx, Report};
+use crate::lab::{Appliance, DiskBus, Vm, VmSpec, lab_mac, wait_for};
 
 const NODES: [&str; 2] = ["mc-one", "mc-two"];
 /// TCG guests take far less than a real NIC; the sender slows further on their reports.
 const RATE_MBIT: u32 = 200;
 
 pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    let built = image::build("debian-bookworm", None)?;
-    let dir = lab::run_dir("mcast-deploy")?;
-    let ns = appliance_netns()?;
-    let mut config = appliance_config(
+    let lab = DeployLab::new(
         ctx,
-        &Setup {
-            dir: &dir,
-            dhcp: &authoritative_dhcp(""),
-            ra: true,
-        },
-    );
-    config.push_str(&format!(
-        "\n[mcast]\ninterface = \"br0\"\nrate_mbit = {RATE_MBIT}\n"
-    ));
-    let mut appliance = Appliance::start(&ns, &ctx.bins, &dir, &config, &url())?;
-    import_image(&appliance, &built)?;
-    let access = Access::create(&dir)?;
+        "mcast-deploy",
+        &format!("\n[mcast]\ninterface = \"br0\"\nrate_mbit = {RATE_MBIT}\n"),
+    )?;
+    let (dir, ns, access) = (&lab.dir, &lab.ns, &lab.access);
+    let mut appliance = lab.appliance(ctx)?;
 
     let mut vms = Vec::new();
     for (i, name) in NODES.iter().enumerate() {
@@ -80,7 +69,7 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
         .pop()
         .context("`mcast start` opened no session")?;
     for vm in &mut vms {
-        vm.power_on(&ns)?;
+        vm.power_on(ns)?;
     }
 
     for vm in &mut vms {
@@ -107,7 +96,7 @@ pub fn scenario(ctx: &Ctx, report: &mut Report) -> Result<()> {
     );
     report.check(
         "root logs into mc-one with its SSH key",
-        access.check(&appliance, &ns, &vms[0], NODES[0]),
+        access.check(&appliance, ns, &vms[0], NODES[0]),
     );
     Ok(())
 }

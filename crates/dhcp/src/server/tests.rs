@@ -329,6 +329,21 @@ fn chainload_always_sends_nic_ipxe_our_binary_until_tftp_done() {
 }
 
 #[test]
+fn a_node_that_boots_its_disk_gets_the_script_without_a_chainload() {
+    let mut h = Harness::new(config());
+    let m = mac(5);
+    h.server.set_local_boot(m, true);
+    let (offer, _, _) = h.reply(ipxe(7)(Pkt::discover(m)));
+    assert_eq!(boot_file(&offer), Some(script_url(m)));
+    // A plain PXE ROM still needs an iPXE to fetch any script.
+    let (offer, _, _) = h.reply(pxe(7)(Pkt::discover(m)));
+    assert_eq!(boot_file(&offer).as_deref(), Some("ipxe.efi"));
+    h.server.set_local_boot(m, false);
+    let (offer, _, _) = h.reply(ipxe(7)(Pkt::discover(m)));
+    assert_eq!(boot_file(&offer).as_deref(), Some("ipxe.efi"));
+}
+
+#[test]
 fn chainload_window_is_configurable() {
     let mut cfg = config();
     cfg.chainload_window_secs = 10;

@@ -53,7 +53,7 @@ async fn register(
             at_ms: now,
         })
         .await?;
-    state.announce(mac).await;
+    state.announce(&node).await;
     Ok(Json(node))
 }
 
@@ -125,6 +125,7 @@ async fn set_state(
         .await?
         .ok_or_else(|| no_node(mac))?;
     tracing::info!(%mac, state = %node.state, "node state set");
+    state.announce(&node).await;
     Ok(Json(node))
 }
 
@@ -163,10 +164,10 @@ async fn update_node(
         body.image = Some(wanted.to_string());
     }
     let node = state.store.update_node(mac, &body, now_ms()).await?;
+    state.announce(&node).await;
     tracing::info!(%mac, hostname = ?body.hostname, layout = ?body.layout, image = ?body.image,
         state = ?body.state, root_password = body.root_password_hash.is_some(),
         ssh_keys = ?body.ssh_authorized_keys.as_ref().map(Vec::len), "node settings changed");
-    state.announce(mac).await;
     Ok(Json(node))
 }
 
@@ -256,11 +257,12 @@ async fn provisioned(
     State(state): State<SharedState>,
     NodeRoute(mac): NodeRoute,
 ) -> Result<StatusCode, Failure> {
-    state
+    let node = state
         .store
         .set_state(mac, NodeState::Provisioned)
         .await?
         .ok_or_else(|| no_node(mac))?;
+    state.announce(&node).await;
     let message = "installed; next network boot boots the local disk".to_string();
     tracing::info!(%mac, "{message}");
     state

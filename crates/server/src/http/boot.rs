@@ -46,7 +46,7 @@ async fn script(
     let (node, created) = state.store.touch_node(mac, now).await?;
     if created {
         tracing::info!(%mac, "new node discovered");
-        state.announce(mac).await;
+        state.announce(&node).await;
     }
     let (body, message) = if node.state == metalcast_proto::NodeState::Provisioned {
         // A node that boots its disk needs no token; the old one must not stay valid.

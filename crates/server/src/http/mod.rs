@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metalcast_proto::{ApiError, MacAddr};
+use metalcast_proto::{ApiError, MacAddr, Node};
 use tokio::sync::mpsc;
 
 use crate::auth::{Access, Principal, authorize, bearer_token};
@@ -44,18 +44,19 @@ pub struct AppState {
     pub boot: BootFiles,
     /// Told about every node the appliance creates or registers (the DHCP service needs
     /// to know them when it ignores unknown MACs). `None` when nobody listens.
-    pub known_nodes: Option<mpsc::Sender<MacAddr>>,
+    pub known_nodes: Option<mpsc::Sender<Node>>,
     pub layouts: Layouts,
     pub images: Images,
     pub mcast: Arc<crate::mcast::Sessions>,
 }
 
 impl AppState {
-    async fn announce(&self, mac: MacAddr) {
+    /// Tells DHCP about a node the appliance created or changed.
+    async fn announce(&self, node: &Node) {
         if let Some(tx) = &self.known_nodes
-            && tx.send(mac).await.is_err()
+            && tx.send(node.clone()).await.is_err()
         {
-            tracing::warn!(%mac, "the DHCP service is gone; it was not told about this node");
+            tracing::warn!(mac = %node.mac, "the DHCP service is gone; it was not told about this node");
         }
     }
 }
