@@ -31,11 +31,15 @@ packages=(
     openssh-client openssl
     # peers used by the tests and benchmarks
     dnsmasq-base isc-dhcp-relay kea-admin kea-dhcp4-server tftpd-hpa sqlite3 udpcast uftp
+    # serves the `curl | zstd -d | tar -x` baseline of `cargo xtask bench deploy`
+    nginx-light
 )
 apt-get install -y -q --allow-downgrades --no-install-recommends "${packages[@]}"
 
 # tftpd-hpa is a benchmark peer only: it must not hold port 69 on the host.
 systemctl disable --now tftpd-hpa >/dev/null 2>&1 || service tftpd-hpa stop >/dev/null 2>&1 || true
+# Likewise nginx: the benchmark starts its own inside a lab namespace.
+systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "Rust is not installed: install it with rustup (https://rustup.rs), then run this again." >&2

@@ -117,6 +117,23 @@ pub fn build() -> Result<BootArtifacts> {
     })
 }
 
+/// Stages host programs under `root` the way the boot initramfs carries its own (same
+/// directories, merged /usr, with their shared libraries), for an archive appended to it.
+/// `tools_list` is in the format of `initramfs/tools.list`.
+pub fn stage_tools(tools_list: &str, root: &Path) -> Result<()> {
+    tools::install(tools_list, root).map(drop)
+}
+
+/// The tree under `root` as a zstd-compressed newc archive, made as the boot initramfs is.
+/// The kernel unpacks archives concatenated to the initramfs over it, in order, so such an
+/// archive adds files to the boot initramfs or replaces some of them.
+pub fn pack(root: &Path) -> Result<Vec<u8>> {
+    compress(&cpio::write(
+        cpio::entries_from_dir(root)?,
+        source_date_epoch()?,
+    )?)
+}
+
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org) for the archive's times, else 0.
 fn source_date_epoch() -> Result<u32> {
     match std::env::var("SOURCE_DATE_EPOCH") {
@@ -729,6 +746,13 @@ mod tools {
     }
 
     pub fn stage(tools_list: &str, applets: &str, root: &Path) -> Result<()> {
+        let installed = install(tools_list, root)?;
+        link_applets(applets, root, &installed)
+    }
+
+    /// Copies the tools of a tools.list text, and every shared library they link, from this
+    /// host into `root`; returns the image paths of the tools and their other names.
+    pub fn install(tools_list: &str, root: &Path) -> Result<BTreeSet<String>> {
         let tools = parse_tools_list(tools_list)?;
         let mut libs = BTreeSet::new();
         let mut installed = BTreeSet::new();
@@ -783,7 +807,7 @@ mod tools {
             tools.len(),
             libs.len()
         );
-        link_applets(applets, root, &installed)
+        Ok(installed)
     }
 
     /// Busybox applet symlinks in usr/bin, refusing names a real tool already has.

@@ -16,6 +16,7 @@ use crate::lab::{self, Appliance, Daemon, Netns};
 use crate::mcast;
 
 mod boot;
+mod deploy;
 mod dhcp;
 mod tftp;
 
@@ -27,6 +28,8 @@ pub enum Target {
     Tftp,
     /// Power-on → agent registered, BIOS and UEFI, with and without router advertisements.
     Boot,
+    /// Unicast deploy of the Debian image into a VM against `curl | zstd -d | tar -x` there.
+    Deploy,
     /// Multicast against udpcast and uftp: capped link, 4 and 16 receivers, 0/1/5% loss.
     Mcast,
 }
@@ -50,6 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         Target::Dhcp => dhcp::run(),
         Target::Tftp => tftp::run(),
         Target::Boot => boot::run(),
+        Target::Deploy => deploy::run(),
         Target::Mcast => mcast::bench(args.mcast),
     }
 }
