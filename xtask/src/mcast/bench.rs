@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use super::lan::{IFACE, Lan};
-use super::{
-    BLOCK_SIZE, Proc, build_tool, children_cpu, make_block_list, wait_all, write_payload,
-};
+use super::{BLOCK_SIZE, Proc, build_tool, children_cpu, make_block_list, wait_all, write_payload};
 use crate::lab;
 
 #[derive(clap::Args, Clone, Debug)]
