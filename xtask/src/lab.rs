@@ -518,6 +518,9 @@ fn accel_args() -> [&'static str; 2] {
     }
 }
 
+/// Run directories made since [`take_run_dirs`] was last called.
+static RUN_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// Where a lab run keeps its files (configs, logs, disks, serial consoles).
 pub fn run_dir(label: &str) -> Result<PathBuf> {
     let dir = workspace::target_dir().join("lab").join(label);
@@ -525,7 +528,36 @@ pub fn run_dir(label: &str) -> Result<PathBuf> {
         fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     fs::create_dir_all(&dir)?;
+    RUN_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(dir.clone());
     Ok(dir)
+}
+
+/// The run directories made since the last call.
+pub fn take_run_dirs() -> Vec<PathBuf> {
+    std::mem::take(
+        &mut *RUN_DIRS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// Removes the VM disks (`*.qcow2`) under `dir`: a passed scenario's disks are many GiB once
+/// RAID arrays have synced, and nothing needs them; its logs and consoles stay.
+pub fn remove_disks(dir: &Path) -> Result<u64> {
+    let mut freed = 0;
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            freed += remove_disks(&path)?;
+        } else if path.extension().is_some_and(|e| e == "qcow2") {
+            freed += fs::metadata(&path).map_or(0, |m| m.len());
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(freed)
 }
 
 /// A locally administered MAC in QEMU's 52:54:00 range, numbered per lab VM.

@@ -117,9 +117,17 @@ pub fn run(args: Args) -> Result<()> {
     for (name, scenario) in scenarios {
         println!("e2e: scenario {name}");
         let started = Instant::now();
+        let failed_before = report.failed();
         // A scenario that cannot even set up counts as one failed check.
         if let Err(e) = scenario(&ctx, &mut report) {
             report.check(&format!("{name} (setup)"), Err(e));
+        }
+        // A failed scenario keeps its disks to be looked at; a passed one frees the space.
+        let dirs = lab::take_run_dirs();
+        if report.failed() == failed_before {
+            for dir in dirs {
+                lab::remove_disks(&dir)?;
+            }
         }
         println!(
             "e2e: scenario {name} took {:.0}s",
