@@ -38,7 +38,7 @@ use crate::lab::{self, APPLIANCE_IP, Appliance, Binaries, Daemon, DiskBus, Netns
 use crate::{image, workspace};
 
 const RECIPE: &str = "debian-bookworm";
-const IMAGE: &str = "debian";
+use crate::e2e::IMAGE;
 const LAYOUT: &str = "single-bios";
 /// Where the layout mounts the root filesystem, in the agent and in the baseline.
 const TARGET: &str = "/target";
@@ -272,26 +272,7 @@ fn ours(ctx: &Ctx, ns: &Netns, dir: &Path, built: &image::Built) -> Result<Ours>
         },
     );
     let mut appliance = Appliance::start(ns, &ctx.bins, dir, &config, &e2e::url())?;
-    let tarball = built
-        .tarball
-        .to_str()
-        .context("the image tarball's path is not UTF-8")?;
-    let imported = appliance.cli(&[
-        "image",
-        "import",
-        IMAGE,
-        "--version",
-        "1",
-        "--from-tar",
-        tarball,
-        "--os-family",
-        &built.os_family,
-        "--kernel",
-        &built.kernel,
-        "--initrd",
-        &built.initrd,
-    ])?;
-    println!("bench: {}", imported.lines().last().unwrap_or_default());
+    e2e::import_image(&appliance, built)?;
     let versions: ImageVersions =
         serde_json::from_str(&appliance.cli(&["image", "show", IMAGE, "--json"])?)
             .context("parsing `metalcast image show --json`")?;

@@ -19,7 +19,7 @@ use crate::lab::{self, Appliance, DiskBus, Netns, Vm, VmSpec, lab_mac, wait_for}
 
 /// Layout, image, configuration, bootloader and the first boot of Debian, under TCG.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(1200);
-pub(super) const IMAGE: &str = "debian";
+pub const IMAGE: &str = "debian";
 
 struct Node {
     hostname: &'static str,
@@ -162,7 +162,7 @@ impl DeployLab {
 }
 
 /// Imports the built image as `IMAGE` version 1.
-fn import_image(appliance: &Appliance, built: &image::Built) -> Result<()> {
+pub fn import_image(appliance: &Appliance, built: &image::Built) -> Result<()> {
     let tarball = built.tarball.to_string_lossy().into_owned();
     let imported = appliance.cli(&[
         "image",
@@ -179,7 +179,7 @@ fn import_image(appliance: &Appliance, built: &image::Built) -> Result<()> {
         "--initrd",
         &built.initrd,
     ])?;
-    println!("e2e: {}", imported.lines().last().unwrap_or_default());
+    println!("{}", imported.lines().last().unwrap_or_default());
     Ok(())
 }
 

@@ -14,6 +14,8 @@ use metalcast_proto::{Firmware, MacAddr, NodeDetail, Phase};
 
 mod deploy;
 mod layout;
+
+pub use deploy::{IMAGE, import_image};
 mod mcast_deploy;
 
 use crate::initramfs::{self, BootArtifacts};
