@@ -37,13 +37,21 @@ fn build_tool() -> Result<PathBuf> {
 /// Block size of the block lists the harness checks (the tool's default).
 const BLOCK_SIZE: usize = 1 << 20;
 
-/// A test payload's hashes, computed while it was written.
+/// A test payload file and its hashes, computed while it was written. The file is removed
+/// on drop: a gigabyte left behind per run is too much for a shared disk.
 struct Payload {
+    path: PathBuf,
     length: u64,
     /// BLAKE3 of the whole payload.
     hash: blake3::Hash,
     /// BLAKE3 of each [`BLOCK_SIZE`] block.
     blocks: Vec<blake3::Hash>,
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Writes `size` pseudo-random bytes (BLAKE3 in XOF mode: fast, and never compressible) to
@@ -67,6 +75,7 @@ fn write_payload(path: &Path, size: u64) -> Result<Payload> {
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(Payload {
+        path: path.to_path_buf(),
         length: size,
         hash: hasher.finalize(),
         blocks,
@@ -76,12 +85,12 @@ fn write_payload(path: &Path, size: u64) -> Result<Payload> {
 /// Makes the block list with the tool and checks it against the harness's own hashes: the
 /// receivers verify every block against this list, so it must not come from the code under
 /// test alone.
-fn make_block_list(tool: &Path, payload_path: &Path, payload: &Payload) -> Result<PathBuf> {
-    let list = payload_path.with_extension("hashes");
+fn make_block_list(tool: &Path, payload: &Payload) -> Result<PathBuf> {
+    let list = payload.path.with_extension("hashes");
     lab::run(
         Command::new(tool)
             .arg("hashes")
-            .arg(payload_path)
+            .arg(&payload.path)
             .args(["--block-size", &BLOCK_SIZE.to_string()])
             .arg("-o")
             .arg(&list),
@@ -230,26 +239,75 @@ fn wait_all(procs: &mut [&mut Proc], timeout: Duration) -> Result<()> {
     }
 }
 
-/// CPU time (user + system) of this process's reaped children so far: the difference of two
-/// readings is what the processes of one run used, with the kernel's packet work done in
-/// their context.
-fn children_cpu() -> Result<Duration> {
-    let stat = fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    let (_, rest) = stat.rsplit_once(')').context("parsing /proc/self/stat")?;
-    // `rest` starts at field 3; cutime and cstime are fields 16 and 17 (proc(5)).
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(13..15)
-        .context("parsing /proc/self/stat")?
-        .iter()
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
+/// Clock ticks per second of the times in /proc.
+fn clock_ticks() -> Result<f64> {
     let out = lab::run(Command::new("getconf").arg("CLK_TCK"))?;
     let per_sec: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .context("getconf CLK_TCK")?;
-    Ok(Duration::from_secs_f64(
-        ticks as f64 / per_sec.max(1) as f64,
-    ))
+    Ok(per_sec.max(1) as f64)
+}
+
+/// The sum of some fields of a /proc/PID/stat line, counted from field 3 (the first after the
+/// command name).
+fn stat_ticks(stat: &str, fields: std::ops::Range<usize>) -> Result<u64> {
+    let (_, rest) = stat.rsplit_once(')').context("parsing /proc/PID/stat")?;
+    let all: Vec<&str> = rest.split_whitespace().collect();
+    Ok(all
+        .get(fields)
+        .context("parsing /proc/PID/stat")?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum())
+}
+
+/// CPU time (user + system) of this process's reaped children so far: the difference of two
+/// readings is what the processes of one run used, with the kernel's packet work done in
+/// their context.
+fn children_cpu() -> Result<Duration> {
+    let stat = fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // cutime and cstime are fields 16 and 17 (proc(5)).
+    let ticks = stat_ticks(&stat, 13..15)?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()?))
+}
+
+/// CPU time of the kernel's softirq threads (`ksoftirqd/N`): packet work deferred to them is
+/// a run's own as much as anyone's, so it is not counted as load from elsewhere.
+fn softirq_threads_cpu() -> Result<Duration> {
+    let mut ticks = 0;
+    for entry in fs::read_dir("/proc").context("listing /proc")? {
+        let path = entry.context("listing /proc")?.path();
+        // Processes come and go while /proc is read.
+        let is_softirq =
+            fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.starts_with("ksoftirqd/"));
+        if let Ok(stat) = fs::read_to_string(path.join("stat"))
+            && is_softirq
+        {
+            // utime and stime are fields 14 and 15.
+            ticks += stat_ticks(&stat, 11..13)?;
+        }
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()?))
+}
+
+/// CPU time the whole machine has spent busy since boot: with [`children_cpu`], what
+/// everything else on the machine used during a run. Interrupt time counts too, since a
+/// process's system time includes the softirq work done while it ran.
+fn machine_cpu() -> Result<Duration> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let cpu = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (proc(5)).
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0))
+        .sum::<u64>();
+    Ok(Duration::from_secs_f64(busy as f64 / clock_ticks()?))
 }
