@@ -38,19 +38,6 @@ impl Lan {
     pub fn create(receivers: usize) -> Result<Lan> {
         let switch = Netns::create("msw")?;
         switch.bridge(BRIDGE, "10.79.0.254/24")?;
-        // An IGMPv3 querier, as on current switches. With the bridge's default IGMPv2 queries
-        // the hosts fall back to IGMPv2 and suppress their join report when they hear another
-        // member's first; the snooping bridge then never learns their port and forwards them
-        // nothing (seen here: one port of four missing in half the trials, for every tool).
-        switch.ip(&[
-            "link",
-            "set",
-            BRIDGE,
-            "type",
-            "bridge",
-            "mcast_igmp_version",
-            "3",
-        ])?;
         let port = |label: &str, host: u8, index: usize| -> Result<Host> {
             let ns = Netns::create(label)?;
             let peer = format!("p{index}");
