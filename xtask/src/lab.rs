@@ -137,19 +137,22 @@ pub struct Daemon {
     child: Child,
 }
 
+/// Starts `cmd` with no input and its output (stdout and stderr) in the file `log`.
+pub fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<Child> {
+    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {name}: {cmd:?}"))
+}
+
 impl Daemon {
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Daemon> {
-        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Daemon {
             name: name.to_string(),
-            child,
+            child: spawn_logged(name, cmd, log)?,
         })
     }
 

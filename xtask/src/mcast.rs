@@ -148,17 +148,9 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Proc {
             name: name.to_string(),
-            child,
+            child: lab::spawn_logged(name, cmd, log)?,
             log: log.to_path_buf(),
             exited: None,
         })

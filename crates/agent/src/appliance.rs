@@ -130,12 +130,7 @@ impl Appliance {
     /// `GET /api/v1/agent/{mac}/plan`: what this boot is for.
     pub fn plan(&self) -> Result<AgentPlan, ApiError> {
         let url = self.url(&format!("/agent/{}/plan", self.mac));
-        let answer = self
-            .http
-            .get(&url)
-            .header("Authorization", &self.auth)
-            .call();
-        decode(&self.finish(answer)?)
+        decode(&self.get(&url, MAX_ANSWER_BYTES)?)
     }
 
     /// `POST /api/v1/agent/{mac}/block-tree`: the disks as they are after a layout.
@@ -153,35 +148,20 @@ impl Appliance {
     /// verified by the caller.
     pub fn manifest(&self, name: &str, version: &str) -> Result<Vec<u8>, ApiError> {
         let url = self.url(&format!("/images/{name}/{version}/manifest"));
-        let answer = self
-            .http
-            .get(&url)
-            .header("Authorization", &self.auth)
-            .call();
-        self.finish(answer)
+        self.get(&url, MAX_ANSWER_BYTES)
     }
 
     /// `GET /api/v1/chunks/{hash}`: one stored (zstd-compressed) chunk, at most `limit` bytes.
     pub fn chunk(&self, hash: &Digest, limit: u64) -> Result<Vec<u8>, ApiError> {
         let url = self.url(&format!("/chunks/{hash}"));
-        let answer = self
-            .http
-            .get(&url)
-            .header("Authorization", &self.auth)
-            .call();
-        self.finish_limited(answer, limit)
+        self.get(&url, limit)
     }
 
     /// `GET {path}`: a multicast session's block list (text), at most `limit` bytes. `path` is
     /// the absolute path on the appliance the plan's session names.
     pub fn block_list(&self, path: &str, limit: u64) -> Result<Vec<u8>, ApiError> {
         let url = format!("{}{path}", self.base);
-        let answer = self
-            .http
-            .get(&url)
-            .header("Authorization", &self.auth)
-            .call();
-        self.finish_limited(answer, limit)
+        self.get(&url, limit)
     }
 
     /// `POST /api/v1/agent/{mac}/provisioned`: the node is installed.
@@ -193,6 +173,16 @@ impl Appliance {
             .header("Authorization", &self.auth)
             .send_empty();
         self.finish(answer).map(drop)
+    }
+
+    /// An authenticated `GET` of `url`; the body, at most `limit` bytes.
+    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, ApiError> {
+        let answer = self
+            .http
+            .get(url)
+            .header("Authorization", &self.auth)
+            .call();
+        self.finish_limited(answer, limit)
     }
 
     fn url(&self, route: &str) -> String {
