@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -567,36 +568,41 @@ pub fn member_line(m: &McastMember) -> String {
 }
 
 /// A version's stored stream: its chunk files as stored, concatenated in manifest order.
-/// Read front to back to hash it, or at any offset to send it.
+/// Read front to back to hash it, or at any offset to send it. Chunk files are opened as
+/// reads reach them, one at a time: an image has thousands, more than a service's default
+/// limit of open files.
 pub struct StoredStream {
-    files: Vec<File>,
+    paths: Vec<PathBuf>,
     /// Start of each chunk in the stream, and the stream's length at the end.
     starts: Vec<u64>,
+    /// The chunk file last read, kept open: reads mostly continue where the last one ended.
+    open: Option<(usize, File)>,
     /// Sequential reading position.
     at: u64,
 }
 
 impl StoredStream {
-    /// Opens every chunk file of `manifest` (a chunk used twice is opened once per use, which
-    /// keeps the offsets trivial; file handles are cheap next to the image).
+    /// Checks that every chunk file of `manifest` is there with its stored length (a chunk
+    /// used twice appears once per use, which keeps the offsets trivial).
     pub fn new(store: &Store, manifest: &Manifest) -> io::Result<StoredStream> {
-        let mut files = Vec::with_capacity(manifest.chunks.len());
-        let mut starts = manifest.stored_offsets();
+        let mut paths = Vec::with_capacity(manifest.chunks.len());
         for chunk in &manifest.chunks {
-            let file = File::open(store.chunk_path(&chunk.hash))?;
-            let len = file.metadata()?.len();
+            let path = store.chunk_path(&chunk.hash);
+            let len = std::fs::metadata(&path)?.len();
             if len != chunk.stored_len {
                 return Err(io::Error::other(format!(
                     "chunk {} is {len} bytes on disk, the manifest says {}",
                     chunk.hash, chunk.stored_len
                 )));
             }
-            files.push(file);
+            paths.push(path);
         }
+        let mut starts = manifest.stored_offsets();
         starts.push(manifest.stored_size());
         Ok(StoredStream {
-            files,
+            paths,
             starts,
+            open: None,
             at: 0,
         })
     }
@@ -605,8 +611,20 @@ impl StoredStream {
         self.starts.last().copied().unwrap_or(0)
     }
 
+    /// The file of chunk `index`, opening it (and closing the previous one) if need be.
+    fn file(&mut self, index: usize) -> io::Result<&File> {
+        if self.open.as_ref().is_none_or(|(i, _)| *i != index) {
+            let path = self.paths.get(index).ok_or(io::ErrorKind::UnexpectedEof)?;
+            self.open = Some((index, File::open(path)?));
+        }
+        match &self.open {
+            Some((_, file)) => Ok(file),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
     /// Fills `buf` from `offset`, across as many chunk files as it spans.
-    fn fill(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn fill(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = offset.saturating_add(buf.len() as u64);
         if end > self.len() {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -619,16 +637,14 @@ impl StoredStream {
         let mut done = 0;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let (Some(file), Some(&start), Some(&next)) = (
-                self.files.get(index),
-                self.starts.get(index),
-                self.starts.get(index + 1),
-            ) else {
+            let (Some(&start), Some(&next)) = (self.starts.get(index), self.starts.get(index + 1))
+            else {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             };
             let take = usize::try_from((next - pos).min((buf.len() - done) as u64))
                 .map_err(io::Error::other)?;
-            file.read_exact_at(&mut buf[done..done + take], pos - start)?;
+            self.file(index)?
+                .read_exact_at(&mut buf[done..done + take], pos - start)?;
             done += take;
             index += 1;
         }
@@ -655,6 +671,60 @@ impl Read for StoredStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_stream_reads_across_chunk_files_in_order_and_at_any_offset() {
+        use metalcast_proto::image::{ChunkRef, Digest, FORMAT_VERSION, OsFamily};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let parts: Vec<Vec<u8>> = (1..=3u32)
+            .map(|n| (0..5000 * n).map(|i| (i * n % 251) as u8).collect())
+            .collect();
+        let mut chunks = Vec::new();
+        let mut expected = Vec::new();
+        // The second part twice: a repeated chunk appears once per use.
+        for p in [&parts[0], &parts[1], &parts[2], &parts[1]] {
+            let hash = Digest(*blake3::hash(p).as_bytes());
+            let stored = zstd::bulk::compress(p, 3).unwrap();
+            store.put(&hash, &stored).unwrap();
+            chunks.push(ChunkRef {
+                hash,
+                offset: 0,
+                len: p.len() as u64,
+                stored_len: stored.len() as u64,
+                entry_start: 0,
+            });
+            expected.extend_from_slice(&stored);
+        }
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            name: "t".into(),
+            version: "1".into(),
+            parent: None,
+            created_ms: 0,
+            os_family: OsFamily::Debian,
+            kernel: None,
+            initrd: None,
+            size: 0,
+            chunking: metalcast_image::DEFAULT_CHUNKING,
+            chunks,
+        };
+        let mut stream = StoredStream::new(&store, &manifest).unwrap();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).unwrap();
+        assert_eq!(all, expected);
+        for (offset, len) in [(0, expected.len()), (7, 100), (expected.len() - 33, 33)] {
+            let mut buf = vec![0; len];
+            stream.read_at(offset as u64, &mut buf).unwrap();
+            assert_eq!(buf, expected[offset..offset + len], "{offset}+{len}");
+        }
+        let mut past = [0; 2];
+        assert!(
+            stream
+                .read_at(expected.len() as u64 - 1, &mut past)
+                .is_err()
+        );
+    }
 
     #[test]
     fn groups_stay_inside_the_base_slash_16() {
