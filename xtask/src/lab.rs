@@ -477,9 +477,16 @@ impl Vm {
                 DiskBus::Virtio => "virtio-blk-pci",
                 DiskBus::Nvme => "nvme",
             };
+            // Zero writes (an md resync of blank members) stay unallocated, so a RAID lab
+            // does not fill the host's disk; a host write error reaches the guest as an I/O
+            // error instead of silently pausing it.
             cmd.args([
                 "-drive",
-                &format!("file={},if=none,id=d{i},format=qcow2", disk.display()),
+                &format!(
+                    "file={},if=none,id=d{i},format=qcow2,discard=unmap,detect-zeroes=unmap,\
+                     werror=report,rerror=report",
+                    disk.display()
+                ),
             ])
             .args([
                 "-device",

@@ -287,6 +287,9 @@ impl tracing_subscriber::fmt::time::FormatTime for ConsolePrefix {
 fn init_console() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk) must not take the process down:
+        // the subscriber would report it with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .with_ansi(false)
         .with_target(false)
         .with_timer(ConsolePrefix)

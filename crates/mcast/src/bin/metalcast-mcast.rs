@@ -140,6 +140,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(io::stderr)
+        // A log that cannot be written (a full disk) must not take the process down:
+        // the subscriber would report it with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .with_ansi(io::stderr().is_terminal())
         .init();
     let outcome = match Cli::parse().command {
