@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use metalcast_proto::image::Digest;
+use metalcast_proto::image::{ChunkList, Digest};
 use metalcast_proto::layout::BlockTree;
 use metalcast_proto::{API_PREFIX, AgentPlan, EventReport, MacAddr, Node, RegisterRequest};
 use serde::de::DeserializeOwned;
@@ -155,6 +155,20 @@ impl Appliance {
     pub fn chunk(&self, hash: &Digest, limit: u64) -> Result<Vec<u8>, ApiError> {
         let url = self.url(&format!("/chunks/{hash}"));
         self.get(&url, limit)
+    }
+
+    /// `POST /api/v1/chunks/fetch`: the stored bytes of `hashes` back to back, at most `limit`
+    /// bytes.
+    pub fn chunks(&self, hashes: &[Digest], limit: u64) -> Result<Vec<u8>, ApiError> {
+        let url = self.url("/chunks/fetch");
+        let answer = self
+            .http
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_json(ChunkList {
+                chunks: hashes.to_vec(),
+            });
+        self.finish_limited(answer, limit)
     }
 
     /// `GET {path}`: a multicast session's block list (text), at most `limit` bytes. `path` is

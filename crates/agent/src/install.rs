@@ -22,8 +22,11 @@ use crate::backoff::Backoff;
 use crate::events::EventQueue;
 use crate::mcast::{self, Link, McastError};
 
-/// Chunks in flight at once: enough to hide the round trip and the decompression.
+/// Requests in flight at once: enough to hide the round trip and the decompression.
 const FETCHERS: usize = 4;
+/// Stored bytes asked for in one request: the image's ~64 KiB chunks come a few dozen at a
+/// time, so per-request work on the node (and on the appliance) is paid once per run.
+const RUN_BYTES: u64 = 1 << 20;
 /// Times an extraction cut short by the network is continued before the install gives up.
 const MAX_RESUMES: usize = 5;
 /// Shortest interval between two progress events.
@@ -145,28 +148,31 @@ impl<'a> HttpChunks<'a> {
     }
 }
 
-impl ChunkSource for HttpChunks<'_> {
-    fn fetch(&self, index: usize, chunk: &ChunkRef) -> Result<Vec<u8>, SourceError> {
+impl HttpChunks<'_> {
+    /// Runs `call` until it succeeds or the policy gives up; says so in an event when it went
+    /// through only after the appliance was away.
+    fn retrying<T>(
+        &self,
+        index: usize,
+        what: &str,
+        mut call: impl FnMut() -> Result<T, ApiError>,
+    ) -> Result<T, SourceError> {
         // The index seeds the jitter, so the fetchers do not return in lock step.
         let mut backoff = Backoff::new(self.policy.initial, self.policy.cap, index as u64 + 1);
-        let what = format!("fetching chunk {index} ({})", chunk.hash);
         let started = Instant::now();
-        let failed = std::cell::Cell::new(false);
-        let bytes = retry_for(
-            &what,
+        let mut failed = false;
+        let got = retry_for(
+            what,
             &mut backoff,
             self.policy.give_up,
             &mut std::thread::sleep,
             || {
-                let got = self.api.chunk(&chunk.hash, MAX_CHUNK_LEN);
-                failed.set(failed.get() || got.is_err());
+                let got = call();
+                failed |= got.is_err();
                 got
             },
-        )
-        .map_err(SourceError::from)?;
-        if failed.get()
-            && let Some((events, total)) = self.report
-        {
+        )?;
+        if failed && let Some((events, total)) = self.report {
             event(
                 events,
                 Level::Warn,
@@ -177,7 +183,27 @@ impl ChunkSource for HttpChunks<'_> {
                 ),
             );
         }
-        Ok(bytes)
+        Ok(got)
+    }
+}
+
+impl ChunkSource for HttpChunks<'_> {
+    fn fetch(&self, index: usize, chunk: &ChunkRef) -> Result<Vec<u8>, SourceError> {
+        let what = format!("fetching chunk {index} ({})", chunk.hash);
+        self.retrying(index, &what, || self.api.chunk(&chunk.hash, MAX_CHUNK_LEN))
+    }
+
+    fn run_bytes(&self) -> u64 {
+        RUN_BYTES
+    }
+
+    fn fetch_run(&self, first: usize, chunks: &[ChunkRef]) -> Result<Vec<u8>, SourceError> {
+        let what = format!("fetching chunks {first} to {}", first + chunks.len() - 1);
+        let hashes: Vec<Digest> = chunks.iter().map(|c| c.hash).collect();
+        let total: u64 = chunks.iter().map(|c| c.stored_len).sum();
+        // ureq refuses a body that reaches its limit, even exactly: allow one byte more, and
+        // the extractor checks the length.
+        self.retrying(first, &what, || self.api.chunks(&hashes, total + 1))
     }
 }
 
@@ -734,6 +760,7 @@ mod tests {
         order: Vec<String>,
         down_after: usize,
         outage: Duration,
+        /// A chunk served with one bit flipped.
         corrupt: Option<String>,
         /// The multicast session's block list, served at [`BLOCK_LIST`].
         block_list: Option<Vec<u8>>,
@@ -831,7 +858,7 @@ mod tests {
             reply("200 OK", &script.manifest)
         } else if let (BLOCK_LIST, Some(list)) = (path.as_str(), &script.block_list) {
             reply("200 OK", list)
-        } else if let Some(hash) = path.strip_prefix("/api/v1/chunks/") {
+        } else if let Some(wanted) = chunk_request(&path, &body) {
             let refuse =
                 script
                     .refuse_chunks
@@ -843,12 +870,16 @@ mod tests {
                 // The outage starts at the first request past `down_after` once every chunk
                 // before it was served, so the resume point is at or after `down_after`.
                 let mut down = down_since.lock().unwrap();
-                let index = script.order.iter().position(|h| h == hash).unwrap_or(0);
+                let last = wanted
+                    .iter()
+                    .filter_map(|w| script.order.iter().position(|h| h == w))
+                    .max()
+                    .unwrap_or(0);
                 let served = gets.lock().unwrap().clone();
                 let before_served = script.order[..script.down_after.min(script.order.len())]
                     .iter()
                     .all(|h| served.contains(h));
-                if down.is_some() || (index >= script.down_after && before_served) {
+                if down.is_some() || (last >= script.down_after && before_served) {
                     let since = *down.get_or_insert_with(Instant::now);
                     if since.elapsed() < script.outage {
                         // Gone: the connection closes without an answer.
@@ -856,23 +887,35 @@ mod tests {
                     }
                 }
             }
-            gets.lock().unwrap().push(hash.to_string());
-            if script.corrupt.as_deref() == Some(hash) {
-                let other = script
-                    .chunks
-                    .values()
-                    .find(|c| script.chunks.get(hash) != Some(c));
-                reply("200 OK", other.unwrap())
-            } else {
-                match script.chunks.get(hash) {
-                    Some(c) => reply("200 OK", c),
-                    None => reply("404 Not Found", b""),
+            let mut out = Vec::new();
+            for hash in &wanted {
+                gets.lock().unwrap().push(hash.clone());
+                let Some(stored) = script.chunks.get(hash) else {
+                    return drop(stream.write_all(&reply("404 Not Found", b"")));
+                };
+                let mut stored = stored.clone();
+                if script.corrupt.as_deref() == Some(hash.as_str()) {
+                    let middle = stored.len() / 2;
+                    stored[middle] ^= 0x40;
                 }
+                out.extend(stored);
             }
+            reply("200 OK", &out)
         } else {
             reply("404 Not Found", b"")
         };
         let _ = stream.write_all(&response);
+    }
+
+    /// The chunks a request asks for: one by `GET /chunks/{hash}`, a run by
+    /// `POST /chunks/fetch`.
+    fn chunk_request(path: &str, body: &[u8]) -> Option<Vec<String>> {
+        if path == "/api/v1/chunks/fetch" {
+            let list: metalcast_proto::image::ChunkList = serde_json::from_slice(body).unwrap();
+            return Some(list.chunks.iter().map(ToString::to_string).collect());
+        }
+        let hash = path.strip_prefix("/api/v1/chunks/")?;
+        Some(vec![hash.to_string()])
     }
 
     /// Pseudo-random bytes: incompressible enough to make many chunks.
@@ -891,7 +934,8 @@ mod tests {
     fn image(dir: &Path, key: &SigningKey) -> (ImagePlan, Script, usize) {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("etc")).unwrap();
-        fs::write(tree.join("big"), noise(700 << 10, 1)).unwrap();
+        // Several of the agent's runs of chunks.
+        fs::write(tree.join("big"), noise(3 << 20, 1)).unwrap();
         fs::write(tree.join("etc/small"), b"node\n").unwrap();
         fs::write(tree.join("other"), noise(300 << 10, 2)).unwrap();
         let store = Store::open(dir.join("store")).unwrap();

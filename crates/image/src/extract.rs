@@ -1,7 +1,8 @@
 //! The extraction pipeline an agent runs: fetch → decompress → verify → tar extractor.
 //!
-//! Worker threads fetch chunks from a [`ChunkSource`] a few ahead of the extractor, decompress
-//! each and check its length and BLAKE3 against the verified manifest. The extractor reads the
+//! Worker threads fetch chunks from a [`ChunkSource`] ahead of the extractor, a run of
+//! consecutive chunks at a time where the source batches, decompress each and check its length
+//! and BLAKE3 against the verified manifest. The extractor reads the
 //! stream chunk by chunk, in order, and only ever sees bytes of a chunk that passed; a chunk
 //! that fails stops the extraction with an error naming its index and hash, and none of its
 //! bytes are written. Memory stays bounded by the look-ahead window.
@@ -20,7 +21,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Condvar, Mutex};
 
-use metalcast_proto::image::{ChunkRef, Digest};
+use metalcast_proto::image::{ChunkRef, Digest, MAX_CHUNKS_PER_FETCH};
 
 use crate::manifest::VerifiedManifest;
 use crate::read::Forward;
@@ -29,11 +30,29 @@ use crate::unpack::{UnpackError, UnpackOptions, UnpackStats, unpack_with};
 
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Decompressed bytes fetched ahead of the extractor: what bounds the pipeline's memory.
+const LOOKAHEAD: u64 = 16 << 20;
+
 /// Where chunks come from: the agent implements it over HTTP (retrying as it sees fit),
-/// [`Store`] implements it for local use and tests. `fetch` is called from several threads.
+/// [`Store`] implements it for local use and tests. Called from several threads.
 pub trait ChunkSource: Sync {
     /// The stored (zstd-compressed) bytes of chunk number `index` of the manifest.
     fn fetch(&self, index: usize, chunk: &ChunkRef) -> Result<Vec<u8>, SourceError>;
+
+    /// Stored bytes worth asking for at once: runs of consecutive chunks up to this size go
+    /// to [`fetch_run`](Self::fetch_run). 0, the default, fetches one chunk at a time.
+    fn run_bytes(&self) -> u64 {
+        0
+    }
+
+    /// The stored bytes of chunks `first..first + chunks.len()`, back to back.
+    fn fetch_run(&self, first: usize, chunks: &[ChunkRef]) -> Result<Vec<u8>, SourceError> {
+        let mut all = Vec::new();
+        for (index, chunk) in (first..).zip(chunks) {
+            all.extend(self.fetch(index, chunk)?);
+        }
+        Ok(all)
+    }
 }
 
 impl ChunkSource for Store {
@@ -156,7 +175,7 @@ pub fn extract<S: ChunkSource>(
     let prefetch = Prefetch {
         source,
         chunks,
-        window: opts.fetchers.max(1) * 2,
+        run_bytes: source.run_bytes(),
         state: Mutex::new(PrefetchState {
             next_claim: first,
             wanted: first,
@@ -236,7 +255,7 @@ struct PrefetchState {
 struct Prefetch<'a, S> {
     source: &'a S,
     chunks: &'a [ChunkRef],
-    window: usize,
+    run_bytes: u64,
     state: Mutex<PrefetchState>,
     changed: Condvar,
 }
@@ -246,40 +265,99 @@ impl<S: ChunkSource> Prefetch<'_, S> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether chunk `i` (at or after the one wanted) lies within the look-ahead.
+    fn in_lookahead(&self, st: &PrefetchState, i: usize) -> bool {
+        let (c, wanted) = (&self.chunks[i], &self.chunks[st.wanted]);
+        i == st.wanted || c.offset + c.len <= wanted.offset + LOOKAHEAD
+    }
+
+    /// Claims the next run of chunks to fetch, waiting for room in the look-ahead; `None`
+    /// when there is nothing left to do.
+    fn claim(&self) -> Option<std::ops::Range<usize>> {
+        let n = self.chunks.len();
+        let mut st = self.lock();
+        loop {
+            if st.stop || st.next_claim >= n {
+                return None;
+            }
+            if self.in_lookahead(&st, st.next_claim) {
+                break;
+            }
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let first = st.next_claim;
+        let mut end = first + 1;
+        let mut stored = self.chunks[first].stored_len;
+        while end < n
+            && end - first < MAX_CHUNKS_PER_FETCH
+            && stored + self.chunks[end].stored_len <= self.run_bytes
+            && self.in_lookahead(&st, end)
+        {
+            stored += self.chunks[end].stored_len;
+            end += 1;
+        }
+        st.next_claim = end;
+        Some(first..end)
+    }
+
     fn work(&self) {
         // One decompression context per worker, reused for every chunk it fetches.
         let mut zstd = None;
-        loop {
-            let index = {
-                let mut st = self.lock();
-                loop {
-                    if st.stop || st.next_claim >= self.chunks.len() {
-                        return;
-                    }
-                    if st.next_claim < st.wanted + self.window {
+        while let Some(run) = self.claim() {
+            let chunks = &self.chunks[run.clone()];
+            // A panic in the source or the decoder must not leave the extractor waiting for
+            // these chunks forever.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let [chunk] = chunks {
+                    let stored = self.source.fetch(run.start, chunk)?;
+                    self.ready(run.start, verify(&mut zstd, run.start, chunk, &stored));
+                    return Ok(());
+                }
+                let stored = self.source.fetch_run(run.start, chunks)?;
+                // Only the manifest's stored lengths tell where one chunk ends in a run.
+                let expected: u64 = chunks.iter().map(|c| c.stored_len).sum();
+                if stored.len() as u64 != expected {
+                    return Err(format!(
+                        "{} stored bytes for chunks {} to {}, the manifest says {expected}",
+                        stored.len(),
+                        run.start,
+                        run.end - 1
+                    )
+                    .into());
+                }
+                let mut rest = stored.as_slice();
+                for (index, chunk) in run.clone().zip(chunks) {
+                    let (one, tail) = rest.split_at(chunk.stored_len as usize);
+                    rest = tail;
+                    let result = verify(&mut zstd, index, chunk, one);
+                    let failed = result.is_err();
+                    self.ready(index, result);
+                    if failed {
                         break;
                     }
-                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
-                st.next_claim += 1;
-                st.next_claim - 1
-            };
-            let chunk = &self.chunks[index];
-            // A panicking source must not leave the extractor waiting for this chunk forever.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                fetch_verified(self.source, &mut zstd, index, chunk)
+                Ok(())
             }))
-            .unwrap_or_else(|_| {
-                Err(ExtractError::Fetch {
-                    index,
-                    hash: chunk.hash,
-                    source: "the chunk source panicked".into(),
-                })
-            });
-            let mut st = self.lock();
-            st.ready.insert(index, result);
-            self.changed.notify_all();
+            .unwrap_or_else(|_| Err("the chunk source panicked".into()));
+            // Whatever stopped the run is the first chunk's failure: the extractor stops
+            // there, having written nothing of the run.
+            if let Err(source) = outcome {
+                self.ready(
+                    run.start,
+                    Err(ExtractError::Fetch {
+                        index: run.start,
+                        hash: chunks[0].hash,
+                        source,
+                    }),
+                );
+            }
         }
+    }
+
+    fn ready(&self, index: usize, result: Result<Vec<u8>, ExtractError>) {
+        let mut st = self.lock();
+        st.ready.insert(index, result);
+        self.changed.notify_all();
     }
 
     fn take(&self, index: usize) -> Result<Vec<u8>, ExtractError> {
@@ -318,18 +396,13 @@ impl<S: ChunkSource> Drop for StopOnDrop<'_, '_, S> {
     }
 }
 
-/// Fetches, decompresses (never past the manifest's length) and checks one chunk.
-fn fetch_verified<S: ChunkSource>(
-    source: &S,
+/// Decompresses (never past the manifest's length) and checks one chunk's stored bytes.
+fn verify(
     zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
     index: usize,
     c: &ChunkRef,
+    stored: &[u8],
 ) -> Result<Vec<u8>, ExtractError> {
-    let stored = source.fetch(index, c).map_err(|e| ExtractError::Fetch {
-        index,
-        hash: c.hash,
-        source: e,
-    })?;
     let corrupt = |why: String| ExtractError::Corrupt {
         index,
         hash: c.hash,
@@ -342,7 +415,7 @@ fn fetch_verified<S: ChunkSource>(
         }
     };
     let data = zstd
-        .decompress(&stored, c.len as usize)
+        .decompress(stored, c.len as usize)
         .map_err(|e| corrupt(format!("zstd: {e}")))?;
     if data.len() as u64 != c.len {
         return Err(corrupt(format!(

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metalcast_image::{
     ChunkSource, ExtractError, ExtractOptions, ExtractProgress, ImageMeta, ImportError,
-    ImportOptions, SigningKey, SourceError, Store, UnpackOptions, VerifiedManifest, extract,
-    import_dir, import_tar, verify_manifest,
+    ImportOptions, ImportReport, SigningKey, SourceError, Store, UnpackOptions, VerifiedManifest,
+    extract, import_dir, import_tar, verify_manifest,
 };
 use metalcast_proto::image::{ChunkRef, Chunking, OsFamily, SignedManifest};
 
@@ -76,6 +76,36 @@ fn plain_tree(root: &Path, files: usize) {
             common::noise(i as u64 + 100, len),
         )
         .unwrap();
+    }
+}
+
+/// A tree made by `fill` imported with small chunks, and the directories holding both.
+struct Imported {
+    src: tempfile::TempDir,
+    store: Store,
+    report: ImportReport,
+    _store_dir: tempfile::TempDir,
+}
+
+fn import_tree(fill: impl FnOnce(&Path)) -> Imported {
+    let src = tempfile::tempdir().unwrap();
+    fill(src.path());
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let report = import_dir(
+        &store,
+        src.path(),
+        &meta("1"),
+        &key(),
+        &small_opts(),
+        &mut no_progress(),
+    )
+    .unwrap();
+    Imported {
+        src,
+        store,
+        report,
+        _store_dir: store_dir,
     }
 }
 
@@ -203,21 +233,10 @@ impl ChunkSource for Damaging<'_> {
 
 #[test]
 fn a_flipped_bit_in_any_chunk_stops_extraction_before_it() {
-    let src = tempfile::tempdir().unwrap();
-    plain_tree(src.path(), 60);
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path()).unwrap();
-    let r = import_dir(
-        &store,
-        src.path(),
-        &meta("1"),
-        &key(),
-        &small_opts(),
-        &mut no_progress(),
-    )
-    .unwrap();
+    let imported = import_tree(|dir| plain_tree(dir, 60));
+    let (src, store, r) = (&imported.src, &imported.store, &imported.report);
     let m = verified(&r.manifest);
-    let stream = stream_of(&store, &r.manifest);
+    let stream = stream_of(store, &r.manifest);
     let ranges = data_ranges(&stream);
     let chunks = &r.manifest.manifest.chunks;
     assert!(chunks.len() > 20, "{} chunks", chunks.len());
@@ -225,7 +244,7 @@ fn a_flipped_bit_in_any_chunk_stops_extraction_before_it() {
     for (i, chunk) in chunks.iter().enumerate() {
         for content in [true, false] {
             let source = Damaging {
-                store: &store,
+                store,
                 index: i,
                 content,
                 bit: i * 7919 + 13,
@@ -299,28 +318,119 @@ impl ChunkSource for Outage<'_> {
     }
 }
 
+/// Serves runs of chunks as one call each, like one HTTP request per run, and fails every
+/// run that reaches `fail_at`; records the runs asked for.
+struct Runs<'a> {
+    store: &'a Store,
+    run_bytes: u64,
+    fail_at: usize,
+    runs: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
+}
+
+impl ChunkSource for Runs<'_> {
+    fn fetch(&self, index: usize, chunk: &ChunkRef) -> Result<Vec<u8>, SourceError> {
+        self.fetch_run(index, std::slice::from_ref(chunk))
+    }
+
+    fn run_bytes(&self) -> u64 {
+        self.run_bytes
+    }
+
+    fn fetch_run(&self, first: usize, chunks: &[ChunkRef]) -> Result<Vec<u8>, SourceError> {
+        let run = first..first + chunks.len();
+        self.runs.lock().unwrap().push(run.clone());
+        if run.contains(&self.fail_at) {
+            return Err("connection refused".into());
+        }
+        Ok(chunks
+            .iter()
+            .flat_map(|c| self.store.get(&c.hash).unwrap())
+            .collect())
+    }
+}
+
 #[test]
-fn extraction_resumes_from_the_first_chunk_not_written() {
-    let src = tempfile::tempdir().unwrap();
-    common::sample_tree(src.path());
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path()).unwrap();
-    let r = import_dir(
-        &store,
-        src.path(),
-        &meta("1"),
-        &key(),
-        &small_opts(),
-        &mut no_progress(),
+fn runs_of_chunks_extract_the_same_tree_and_resume_at_a_failed_runs_start() {
+    let imported = import_tree(|dir| {
+        common::sample_tree(dir);
+    });
+    let (src, store, r) = (&imported.src, &imported.store, &imported.report);
+    let m = verified(&r.manifest);
+    let chunks = &r.manifest.manifest.chunks;
+    let n = chunks.len();
+    let run_bytes = 100_000;
+    let source = |fail_at| Runs {
+        store,
+        run_bytes,
+        fail_at,
+        runs: std::sync::Mutex::new(Vec::new()),
+    };
+
+    let whole = source(usize::MAX);
+    let dst = tempfile::tempdir().unwrap();
+    extract(&whole, &m, dst.path(), &extract_opts(0), &mut |_| {}).unwrap();
+    common::assert_same_tree(src.path(), dst.path());
+    let mut runs = whole.runs.into_inner().unwrap();
+    runs.sort_by_key(|r| r.start);
+    assert_eq!(runs.first().map(|r| r.start), Some(0));
+    assert!(runs.windows(2).all(|w| w[0].end == w[1].start), "{runs:?}");
+    assert_eq!(runs.last().map(|r| r.end), Some(n));
+    for run in &runs {
+        let stored: u64 = chunks[run.clone()].iter().map(|c| c.stored_len).sum();
+        assert!(
+            run.len() == 1 || stored <= run_bytes,
+            "{run:?}: {stored} bytes"
+        );
+    }
+    assert!(runs.len() < n / 2, "{} runs for {n} chunks", runs.len());
+
+    // A run that fails is not written at all: resume at its first chunk, finish the tree.
+    let fail_at = n / 2;
+    let down = source(fail_at);
+    let dst = tempfile::tempdir().unwrap();
+    let mut last = None;
+    let err = extract(&down, &m, dst.path(), &extract_opts(0), &mut |p| {
+        last = Some(*p)
+    })
+    .unwrap_err();
+    let failed_run = down
+        .runs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.contains(&fail_at))
+        .cloned()
+        .unwrap();
+    assert!(
+        matches!(err, ExtractError::Fetch { index, .. } if index == failed_run.start),
+        "{err}"
+    );
+    let resume = last.unwrap().resume_chunk;
+    assert_eq!(resume, failed_run.start);
+    extract(
+        &source(usize::MAX),
+        &m,
+        dst.path(),
+        &extract_opts(resume),
+        &mut |_| {},
     )
     .unwrap();
+    common::assert_same_tree(src.path(), dst.path());
+}
+
+#[test]
+fn extraction_resumes_from_the_first_chunk_not_written() {
+    let imported = import_tree(|dir| {
+        common::sample_tree(dir);
+    });
+    let (src, store, r) = (&imported.src, &imported.store, &imported.report);
     let m = verified(&r.manifest);
     let n = r.chunks_total;
     let mut continuations = 0;
     for fail_at in [1, n / 3, n / 2, n - 1] {
         let dst = tempfile::tempdir().unwrap();
         let down = Outage {
-            store: &store,
+            store,
             fail_at,
             fetched_min: AtomicUsize::new(usize::MAX),
         };
@@ -339,7 +449,7 @@ fn extraction_resumes_from_the_first_chunk_not_written() {
             "every chunk before the failed one was written"
         );
         let back = Outage {
-            store: &store,
+            store,
             fail_at: usize::MAX,
             fetched_min: AtomicUsize::new(usize::MAX),
         };

@@ -32,6 +32,10 @@
 //! - `PUT /api/v1/chunks/{hash}` — body the zstd-compressed chunk, answer 201 (new) or 200
 //!   (already there); the appliance decompresses and checks the BLAKE3 hash; admin.
 //! - `GET|HEAD /api/v1/chunks/{hash}` — the compressed chunk, with Range; admin or node token.
+//! - `POST /api/v1/chunks/fetch` — body `ChunkList` of 1 to
+//!   [`MAX_CHUNKS_PER_FETCH`](crate::image::MAX_CHUNKS_PER_FETCH) chunks, answer their
+//!   compressed bytes back to back in the order listed (each chunk's `stored_len` from the
+//!   manifest splits them); 404 naming the first one not stored; admin or node token.
 //!
 //! Errors come back as [`ApiError`] with a 4xx/5xx status.
 

@@ -206,7 +206,12 @@ pub struct SignedManifest {
     pub manifest: Manifest,
 }
 
-/// A list of chunk names: the body of the "which of these do you lack?" call and its answer.
+/// Most chunks one `POST /chunks/fetch` may ask for: at the default ~64 KiB average that is
+/// ~16 MiB of image, far more than one request needs to hide its round trip.
+pub const MAX_CHUNKS_PER_FETCH: usize = 256;
+
+/// A list of chunk names: the body of the "which of these do you lack?" call and its answer,
+/// and of a fetch of several chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkList {
     pub chunks: Vec<Digest>,

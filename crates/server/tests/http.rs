@@ -1019,6 +1019,41 @@ async fn images_upload_sign_pin_and_serve() {
     let resp = h.get(&chunk_url, None).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
+    // Several chunks in one answer, back to back in the order asked, repeats included.
+    let fetch = |list: Vec<Digest>, token: Option<&str>| {
+        let req = h
+            .client
+            .post(h.url("/api/v1/chunks/fetch"))
+            .json(&ChunkList { chunks: list });
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+        .send()
+    };
+    let resp = fetch(vec![all[2], all[0], all[2]], Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[CONTENT_LENGTH].to_str().unwrap(),
+        (2 * chunks[2].1.len() + chunks[0].1.len()).to_string()
+    );
+    let expected = [&chunks[2].1[..], &chunks[0].1[..], &chunks[2].1[..]].concat();
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), expected.as_slice());
+    let (status, message) =
+        error_of(fetch(vec![all[1], absent], Some(&token)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(message.contains(&absent.to_string()), "{message}");
+    let too_many = vec![all[0]; metalcast_proto::image::MAX_CHUNKS_PER_FETCH + 1];
+    for list in [Vec::new(), too_many] {
+        let (status, message) = error_of(fetch(list, Some(&token)).await.unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+        assert!(message.starts_with("chunks: "), "{message}");
+    }
+    let resp = fetch(vec![all[0]], None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
     // The fetch is on the node's record.
     let mac_a: MacAddr = MAC_A.parse().unwrap();
     let events = h.store.events(mac_a).await.unwrap();

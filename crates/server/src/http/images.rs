@@ -6,13 +6,14 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use futures_util::StreamExt;
 use metalcast_image::MAX_CHUNK_LEN;
 use metalcast_proto::image::{
-    ChunkList, ChunkRef, Digest, ImageRef, ImageSummary, Manifest, SignedManifest,
-    validate_image_name,
+    ChunkList, ChunkRef, Digest, ImageRef, ImageSummary, MAX_CHUNKS_PER_FETCH, Manifest,
+    SignedManifest, validate_image_name,
 };
 use metalcast_proto::{Event, GcSummary, ImageVersions, Level, Phase, SetLatest};
 use tower::ServiceExt;
@@ -29,6 +30,9 @@ pub const IMAGE_JSON_LIMIT: usize = 64 << 20;
 /// Largest chunk upload: zstd's worst case for the largest chunk the format allows
 /// (incompressible data grows by len/256 plus frame headers).
 pub const CHUNK_BODY_LIMIT: usize = (MAX_CHUNK_LEN + MAX_CHUNK_LEN / 256) as usize + 4096;
+
+/// Largest body of a fetch of several chunks: the most it may list, with room for spacing.
+const FETCH_JSON_LIMIT: usize = 128 * MAX_CHUNKS_PER_FETCH + 1024;
 
 /// The version word that means "whatever `latest` points at"; no version may be called so.
 pub const LATEST: &str = "latest";
@@ -48,6 +52,10 @@ pub fn routes() -> Router<SharedState> {
         .route(
             "/chunks/missing",
             post(missing).layer(DefaultBodyLimit::max(IMAGE_JSON_LIMIT)),
+        )
+        .route(
+            "/chunks/fetch",
+            post(fetch_many).layer(DefaultBodyLimit::max(FETCH_JSON_LIMIT)),
         )
         .route(
             "/chunks/{hash}",
@@ -289,6 +297,58 @@ async fn download(
         Ok(response) => Ok(response.map(Body::new).into_response()),
         Err(never) => match never {},
     }
+}
+
+/// Several chunks in one answer, streamed file by file: an agent fetching a run of small
+/// chunks pays one round trip and one request's overhead for all of them.
+async fn fetch_many(
+    State(state): State<SharedState>,
+    _: ImageReader,
+    ApiJson(list): ApiJson<ChunkList>,
+) -> Result<Response, Failure> {
+    let hashes = list.chunks;
+    if hashes.is_empty() || hashes.len() > MAX_CHUNKS_PER_FETCH {
+        return Err(Failure::bad_request(format!(
+            "chunks: {} listed; ask for 1 to {MAX_CHUNKS_PER_FETCH}",
+            hashes.len()
+        )));
+    }
+    let (hashes, total) = with_image_store(&state.images, move |s| {
+        let mut total = 0;
+        for h in &hashes {
+            match s.chunk_len(h)? {
+                Some(len) => total += len,
+                None => return Ok(Err(*h)),
+            }
+        }
+        Ok(Ok((hashes, total)))
+    })
+    .await?
+    .map_err(|absent| Failure::not_found(format!("no chunk {absent}")))?;
+    let store = state.images.store.clone();
+    let files = futures_util::stream::iter(hashes).then(move |hash| {
+        let store = store.clone();
+        async move {
+            // gc may remove a chunk after the check above: the body then ends short of its
+            // Content-Length, which the client sees as a cut connection and tries again.
+            let read = tokio::task::spawn_blocking(move || store.get(&hash))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r.map_err(std::io::Error::other));
+            if let Err(e) = &read {
+                tracing::warn!(%hash, error = %e, "a fetch of several chunks was cut short");
+            }
+            read.map(Bytes::from)
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, total.to_string()),
+        ],
+        Body::from_stream(files),
+    )
+        .into_response())
 }
 
 fn check_name(what: &'static str, value: &str) -> Result<(), Failure> {
