@@ -305,6 +305,8 @@ impl<S: ChunkSource> Prefetch<'_, S> {
         let mut zstd = None;
         while let Some(run) = self.claim() {
             let chunks = &self.chunks[run.clone()];
+            // The first chunk of the run not yet handed over: a failure is reported there.
+            let pending = Cell::new(run.start);
             // A panic in the source or the decoder must not leave the extractor waiting for
             // these chunks forever.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -335,18 +337,20 @@ impl<S: ChunkSource> Prefetch<'_, S> {
                     if failed {
                         break;
                     }
+                    pending.set(index + 1);
                 }
                 Ok(())
             }))
             .unwrap_or_else(|_| Err("the chunk source panicked".into()));
-            // Whatever stopped the run is the first chunk's failure: the extractor stops
-            // there, having written nothing of the run.
+            // The extractor stops at the chunk the failure is reported for, having written
+            // nothing from it on.
             if let Err(source) = outcome {
+                let index = pending.get();
                 self.ready(
-                    run.start,
+                    index,
                     Err(ExtractError::Fetch {
-                        index: run.start,
-                        hash: chunks[0].hash,
+                        index,
+                        hash: self.chunks[index].hash,
                         source,
                     }),
                 );
