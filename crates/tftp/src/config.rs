@@ -24,6 +24,9 @@ pub struct TftpConfig {
     pub timeout_ms: u64,
     /// Retransmissions after a timeout before a transfer is abandoned.
     pub retries: u32,
+    /// Transfers served at once (a thread each). A request beyond them gets error 0 "server
+    /// busy", which firmware answers by asking again.
+    pub max_transfers: usize,
 }
 
 impl Default for TftpConfig {
@@ -35,6 +38,7 @@ impl Default for TftpConfig {
             max_windowsize: 64,
             timeout_ms: 1000,
             retries: 5,
+            max_transfers: 1024,
         }
     }
 }
@@ -47,6 +51,8 @@ pub enum ConfigError {
     MaxWindowsize,
     #[error("timeout_ms = {0} is outside 1..={max}", max = MAX_TIMEOUT_SECS * 1000)]
     Timeout(u64),
+    #[error("max_transfers must be at least 1")]
+    MaxTransfers,
 }
 
 impl TftpConfig {
@@ -60,6 +66,9 @@ impl TftpConfig {
         }
         if !(1..=MAX_TIMEOUT_SECS * 1000).contains(&self.timeout_ms) {
             return Err(ConfigError::Timeout(self.timeout_ms));
+        }
+        if self.max_transfers == 0 {
+            return Err(ConfigError::MaxTransfers);
         }
         Ok(())
     }
@@ -85,6 +94,7 @@ mod tests {
         assert_eq!(config.bind, "0.0.0.0:69".parse().expect("addr"));
         assert_eq!((config.max_blksize, config.max_windowsize), (1468, 64));
         assert_eq!((config.timeout_ms, config.retries), (1000, 5));
+        assert_eq!(config.max_transfers, 1024);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -98,6 +108,7 @@ mod tests {
             max_windowsize = 16
             timeout_ms = 500
             retries = 3
+            max_transfers = 64
             "#,
         )
         .expect("parse");
@@ -110,6 +121,7 @@ mod tests {
                 max_windowsize: 16,
                 timeout_ms: 500,
                 retries: 3,
+                max_transfers: 64,
             }
         );
         assert_eq!(config.limits().default_timeout, Duration::from_millis(500));
@@ -142,6 +154,7 @@ mod tests {
             bad(|c| c.timeout_ms = 255_001),
             Err(ConfigError::Timeout(255_001))
         );
+        assert_eq!(bad(|c| c.max_transfers = 0), Err(ConfigError::MaxTransfers));
         assert_eq!(bad(|c| c.max_blksize = 65464), Ok(()));
         assert_eq!(bad(|c| c.max_blksize = 8), Ok(()));
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 
 use tokio::net::UdpSocket;
@@ -75,7 +75,8 @@ pub struct CounterSnapshot {
     /// Read requests accepted for serving.
     pub requests: u64,
     /// Requests answered with a TFTP error before any data: write requests, bad modes or names,
-    /// missing files, non-request packets on the listening port.
+    /// missing files, non-request packets on the listening port, and requests that found every
+    /// transfer slot taken (`max_transfers`).
     pub refused: u64,
     /// Datagrams that did not parse as TFTP; dropped.
     pub malformed: u64,
@@ -129,6 +130,7 @@ pub struct Server {
     root: PathBuf,
     limits: Limits,
     retries: u32,
+    max_transfers: usize,
     counters: Arc<Counters>,
 }
 
@@ -159,6 +161,7 @@ impl Server {
             root,
             limits: config.limits(),
             retries: config.retries,
+            max_transfers: config.max_transfers,
             counters: Arc::default(),
         })
     }
@@ -182,6 +185,8 @@ impl Server {
             counters: self.counters,
             events,
             stopping: AtomicBool::new(false),
+            max_transfers: self.max_transfers,
+            active: AtomicUsize::new(0),
         });
         let _stop = StopOnDrop(Arc::clone(&shared));
         let mut buf = vec![0; LISTEN_BUF];
@@ -218,6 +223,29 @@ pub(crate) struct Shared {
     events: mpsc::Sender<TransferEvent>,
     /// Set when the listening loop ends: transfer threads stop at their next look.
     stopping: AtomicBool,
+    max_transfers: usize,
+    /// Transfer threads running.
+    active: AtomicUsize,
+}
+
+/// One of the `max_transfers` slots, given back however its transfer thread ends.
+struct Slot(Arc<Shared>);
+
+impl Slot {
+    fn take(shared: &Arc<Shared>) -> Option<Slot> {
+        let taken = shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.max_transfers).then_some(n + 1)
+            });
+        taken.is_ok().then(|| Slot(Arc::clone(shared)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -274,13 +302,31 @@ fn start_transfer(
     local: SocketAddr,
 ) {
     let file = request.display_name();
-    let thread_shared = Arc::clone(shared);
+    let Some(slot) = Slot::take(shared) else {
+        // A rack powering on can ask for more than the machine should serve at once; the
+        // client asks again, as it does after a lost packet.
+        let reason = format!(
+            "server busy: all {} transfer slots in use (tftp.max_transfers)",
+            shared.max_transfers
+        );
+        report(shared, peer, file, TransferOutcome::Refused { reason });
+        tasks.spawn(answer_error(
+            local,
+            peer,
+            ErrorCode::NotDefined,
+            "server busy",
+        ));
+        return;
+    };
     let thread_file = file.clone();
     let started = thread::Builder::new()
         .name("tftp-transfer".to_owned())
         .spawn(move || {
-            let outcome = session::serve(&thread_shared, &request, peer, local);
-            report(&thread_shared, peer, thread_file, outcome);
+            let shared = Arc::clone(&slot.0);
+            let outcome = session::serve(&shared, &request, peer, local);
+            // Free before reporting: whoever sees the outcome may start the next transfer.
+            drop(slot);
+            report(&shared, peer, thread_file, outcome);
         });
     if let Err(e) = started {
         report(

@@ -649,6 +649,45 @@ async fn silent_client_is_abandoned_after_the_retries() {
 }
 
 #[tokio::test]
+async fn requests_beyond_max_transfers_are_told_busy_until_a_slot_frees() {
+    // A 10 s timeout: the held transfers stay open until their clients end them.
+    let mut fx = Fixture::start(|c| {
+        c.timeout_ms = 10_000;
+        c.max_transfers = 2;
+    })
+    .await;
+    fx.root.write("f", &content(5000, 11));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = Client::new(fx.addr).await;
+        client.send_request(&rrq(b"f", "octet", &[])).await;
+        assert!(matches!(client.recv().await, Reply::Data(1, _)));
+        held.push(client);
+    }
+    let mut third = Client::new(fx.addr).await;
+    third.send_request(&rrq(b"f", "octet", &[])).await;
+    assert_eq!(third.recv().await, Reply::Error(0, "server busy".into()));
+    let event = fx.next_event().await;
+    assert!(
+        matches!(&event.outcome, TransferOutcome::Refused { reason }
+            if reason.contains("all 2 transfer slots in use")),
+        "{event:?}"
+    );
+    assert_eq!(fx.counters.snapshot().refused, 1);
+
+    // One held client gives up: its slot is free again and the next request is served.
+    held[0].send(&error(0, "done")).await;
+    assert!(matches!(
+        fx.next_event().await.outcome,
+        TransferOutcome::AbortedByClient { .. }
+    ));
+    let got = fetch(fx.addr, "f", &[])
+        .await
+        .expect("served after a slot freed");
+    assert_eq!(got.data, content(5000, 11));
+}
+
+#[tokio::test]
 async fn stopping_the_server_ends_transfers_in_flight() {
     // A 10 s timeout: an ERROR sooner than that comes from the stop, not from retries.
     let mut fx = Fixture::start(|c| c.timeout_ms = 10_000).await;
