@@ -25,6 +25,10 @@ pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
 /// The TFTP root under `data_dir` when `tftp.root` is not set.
 const STAGED_TFTP_DIR: &str = "tftp";
 pub const DEFAULT_RA_INTERVAL_SECS: u64 = 10;
+/// How long node events are kept: long enough to compare this quarter's boots with the last.
+pub const DEFAULT_EVENTS_KEEP_DAYS: u64 = 90;
+/// A century: more than any appliance's life, and far from overflowing milliseconds.
+const MAX_EVENTS_KEEP_DAYS: u64 = 36_500;
 /// Room left for our own arguments within the kernel's 2048-byte command line (x86).
 const MAX_KERNEL_ARGS: usize = 1024;
 const MAX_IFNAME: usize = 15;
@@ -50,6 +54,28 @@ pub struct ConfigFile {
     /// Absent: no multicast sessions.
     #[serde(default)]
     pub mcast: Option<McastFile>,
+    #[serde(default)]
+    pub events: EventsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsFile {
+    /// 0 keeps events forever.
+    #[serde(default = "default_events_keep_days")]
+    pub keep_days: u64,
+}
+
+impl Default for EventsFile {
+    fn default() -> Self {
+        EventsFile {
+            keep_days: default_events_keep_days(),
+        }
+    }
+}
+
+fn default_events_keep_days() -> u64 {
+    DEFAULT_EVENTS_KEEP_DAYS
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +207,8 @@ pub struct Config {
     pub ra: Option<RaConfig>,
     /// `None` when there is no `[mcast]` section.
     pub mcast: Option<McastSettings>,
+    /// Events older than this are removed; `None` keeps them forever.
+    pub events_keep: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +298,16 @@ impl Config {
                 .map_err(|e| invalid(format!("dhcp.{}", e.field), e.reason))?;
         }
         let ra = validate_ra(&file.ra)?;
+        let keep_days = file.events.keep_days;
+        if keep_days > MAX_EVENTS_KEEP_DAYS {
+            return Err(invalid(
+                "events.keep_days",
+                format!(
+                    "is {keep_days}; at most {MAX_EVENTS_KEEP_DAYS}, or 0 to keep events forever"
+                ),
+            ));
+        }
+        let events_keep = (keep_days > 0).then(|| Duration::from_secs(keep_days * 86_400));
         let mcast = file
             .mcast
             .as_ref()
@@ -298,6 +336,7 @@ impl Config {
             dhcp: file.dhcp,
             ra,
             mcast,
+            events_keep,
         })
     }
 
@@ -605,6 +644,21 @@ interface = \"br0\"\n"
             };
             assert_eq!(key_of(&text), key, "{bad}");
         }
+    }
+
+    #[test]
+    fn events_are_kept_90_days_unless_configured() {
+        let days = |text: &str| parse(&format!("{MINIMAL}{text}")).unwrap().events_keep;
+        assert_eq!(days(""), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(
+            days("[events]\nkeep_days = 7\n"),
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(days("[events]\nkeep_days = 0\n"), None);
+        assert_eq!(
+            key_of(&format!("{MINIMAL}[events]\nkeep_days = 36501\n")),
+            "events.keep_days"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 /// How long open HTTP connections (a kernel download, say) may take to finish at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
 const MAX_TOKEN_NAME: usize = 64;
+const PRUNE_EVENTS_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Parser)]
 #[command(
@@ -143,6 +144,9 @@ async fn serve(path: &Path) -> Result<()> {
         .await
         .context("starting boot services")?;
     let mcast = metalcast_server::mcast::Sessions::start(config.mcast.clone(), store.clone());
+    if let Some(keep) = config.events_keep {
+        tokio::spawn(prune_events(store.clone(), keep));
+    }
     let app = http::app(AppState {
         store,
         boot: config.boot.clone(),
@@ -193,6 +197,27 @@ async fn serve(path: &Path) -> Result<()> {
     services.shutdown().await;
     tracing::info!("stopped");
     outcome
+}
+
+/// Removes events older than `keep` at start and then every hour, so the store does not
+/// grow without end on an appliance that runs for years.
+async fn prune_events(store: Store, keep: Duration) {
+    let mut every = tokio::time::interval(PRUNE_EVENTS_EVERY);
+    loop {
+        every.tick().await;
+        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        match store.prune_events(now_ms().saturating_sub(keep_ms)).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                removed,
+                "removed events older than {} days",
+                keep.as_secs() / 86_400
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "removing old events failed; trying again in an hour")
+            }
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT and names it.

@@ -380,6 +380,27 @@ impl Store {
         insert_event(&self.pool, event).await
     }
 
+    /// Removes the events stamped before `before_ms`, a batch per transaction so that the
+    /// boot services' writes never wait long behind it; returns how many went.
+    pub async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        const BATCH: i64 = 10_000;
+        let mut removed = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at_ms < ? LIMIT ?)",
+            )
+            .bind(before_ms)
+            .bind(BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            removed += done;
+            if done < BATCH as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+
     /// The events of one MAC, oldest first.
     pub async fn events(&self, mac: MacAddr) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
@@ -642,6 +663,33 @@ mod tests {
             again.known_macs().await.unwrap(),
             vec![mac("52:54:00:00:00:01")]
         );
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_only_events_older_than_the_cutoff() {
+        let (_dir, store) = store().await;
+        let (a, b) = (mac("52:54:00:00:00:0a"), mac("52:54:00:00:00:0b"));
+        for (m, at_ms) in [(a, 10), (b, 20), (a, 30), (a, 40)] {
+            let event = Event {
+                mac: m,
+                phase: Phase::Dhcp,
+                level: Level::Info,
+                message: format!("at {at_ms}"),
+                at_ms,
+            };
+            store.add_event(&event).await.unwrap();
+        }
+        assert_eq!(store.prune_events(30).await.unwrap(), 2);
+        let left: Vec<i64> = store
+            .events(a)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.at_ms)
+            .collect();
+        assert_eq!(left, [30, 40]);
+        assert!(store.events(b).await.unwrap().is_empty());
+        assert_eq!(store.prune_events(30).await.unwrap(), 0);
     }
 
     #[tokio::test]
