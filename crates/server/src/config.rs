@@ -27,6 +27,8 @@ const STAGED_TFTP_DIR: &str = "tftp";
 pub const DEFAULT_RA_INTERVAL_SECS: u64 = 10;
 /// How long node events are kept: long enough to compare this quarter's boots with the last.
 pub const DEFAULT_EVENTS_KEEP_DAYS: u64 = 90;
+/// 1 TiB: more than any database and log need.
+const MAX_IMAGES_RESERVE_MB: u64 = 1 << 20;
 /// A century: more than any appliance's life, and far from overflowing milliseconds.
 const MAX_EVENTS_KEEP_DAYS: u64 = 36_500;
 /// Room left for our own arguments within the kernel's 2048-byte command line (x86).
@@ -56,6 +58,27 @@ pub struct ConfigFile {
     pub mcast: Option<McastFile>,
     #[serde(default)]
     pub events: EventsFile,
+    #[serde(default)]
+    pub images: ImagesFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesFile {
+    #[serde(default = "default_images_reserve_mb")]
+    pub reserve_mb: u64,
+}
+
+impl Default for ImagesFile {
+    fn default() -> Self {
+        ImagesFile {
+            reserve_mb: default_images_reserve_mb(),
+        }
+    }
+}
+
+fn default_images_reserve_mb() -> u64 {
+    crate::images::DEFAULT_RESERVE >> 20
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +232,8 @@ pub struct Config {
     pub mcast: Option<McastSettings>,
     /// Events older than this are removed; `None` keeps them forever.
     pub events_keep: Option<Duration>,
+    /// Free bytes chunk uploads leave on the data disk.
+    pub images_reserve: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +333,13 @@ impl Config {
             ));
         }
         let events_keep = (keep_days > 0).then(|| Duration::from_secs(keep_days * 86_400));
+        let reserve_mb = file.images.reserve_mb;
+        if reserve_mb > MAX_IMAGES_RESERVE_MB {
+            return Err(invalid(
+                "images.reserve_mb",
+                format!("is {reserve_mb}; at most {MAX_IMAGES_RESERVE_MB}"),
+            ));
+        }
         let mcast = file
             .mcast
             .as_ref()
@@ -337,6 +369,7 @@ impl Config {
             ra,
             mcast,
             events_keep,
+            images_reserve: reserve_mb << 20,
         })
     }
 
@@ -647,7 +680,7 @@ interface = \"br0\"\n"
     }
 
     #[test]
-    fn events_are_kept_90_days_unless_configured() {
+    fn events_kept_and_upload_reserve_default_and_are_checked() {
         let days = |text: &str| parse(&format!("{MINIMAL}{text}")).unwrap().events_keep;
         assert_eq!(days(""), Some(Duration::from_secs(90 * 86_400)));
         assert_eq!(
@@ -655,6 +688,13 @@ interface = \"br0\"\n"
             Some(Duration::from_secs(7 * 86_400))
         );
         assert_eq!(days("[events]\nkeep_days = 0\n"), None);
+        let reserve = |text: &str| parse(&format!("{MINIMAL}{text}")).unwrap().images_reserve;
+        assert_eq!(reserve(""), 512 << 20);
+        assert_eq!(reserve("[images]\nreserve_mb = 0\n"), 0);
+        assert_eq!(
+            key_of(&format!("{MINIMAL}[images]\nreserve_mb = 1048577\n")),
+            "images.reserve_mb"
+        );
         assert_eq!(
             key_of(&format!("{MINIMAL}[events]\nkeep_days = 36501\n")),
             "events.keep_days"

@@ -33,11 +33,38 @@ pub enum ImagesError {
     },
 }
 
+/// Free bytes chunk uploads leave on the data disk by default: the database, its WAL and the
+/// log need room to record leases and events after an import has taken the rest.
+pub const DEFAULT_RESERVE: u64 = 512 << 20;
+
 /// The chunk store and the signing key, shared by the handlers.
 #[derive(Debug, Clone)]
 pub struct Images {
     pub store: Arc<Store>,
     pub key: Arc<SigningKey>,
+    /// Free bytes a chunk upload must leave on the store's file system.
+    pub reserve: u64,
+}
+
+/// Why a chunk upload was turned away.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the appliance's data disk has {} MiB free; chunk uploads stop {} MiB short of full so \
+     that its database and log keep room (images.reserve_mb)",
+    free >> 20,
+    reserve >> 20
+)]
+pub struct NoRoom {
+    pub free: u64,
+    pub reserve: u64,
+}
+
+/// Whether `len` more bytes fit on a file system with `free` bytes while leaving `reserve`.
+pub fn room_for(len: u64, free: u64, reserve: u64) -> Result<(), NoRoom> {
+    if len > free || free - len < reserve {
+        return Err(NoRoom { free, reserve });
+    }
+    Ok(())
 }
 
 impl Images {
@@ -65,7 +92,23 @@ impl Images {
         Ok(Images {
             store: Arc::new(store),
             key: Arc::new(key),
+            reserve: DEFAULT_RESERVE,
         })
+    }
+
+    /// Refuses `len` bytes that would leave less than the reserve free on the store's file
+    /// system. A file system that cannot say how full it is lets the upload through.
+    pub fn check_room(&self, len: u64) -> Result<(), NoRoom> {
+        match nix::sys::statvfs::statvfs(self.store.root()) {
+            Ok(fs) => {
+                let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+                room_for(len, free, self.reserve)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "statvfs on the chunk store failed");
+                Ok(())
+            }
+        }
     }
 
     /// The key agents must trust (`metalcast.key=` on their command line).
@@ -77,6 +120,26 @@ impl Images {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_leave_the_reserve_free() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(room_for(MIB, 600 * MIB, 512 * MIB), Ok(()));
+        assert_eq!(room_for(88 * MIB, 600 * MIB, 512 * MIB), Ok(()));
+        let err = room_for(88 * MIB + 1, 600 * MIB, 512 * MIB).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the appliance's data disk has 600 MiB free; chunk uploads stop 512 MiB short of \
+             full so that its database and log keep room (images.reserve_mb)"
+        );
+        assert!(room_for(10, 5, 0).is_err(), "more than is free never fits");
+        let dir = tempfile::tempdir().unwrap();
+        let mut images = Images::open(dir.path()).unwrap();
+        images.reserve = 0;
+        assert_eq!(images.check_room(0), Ok(()));
+        images.reserve = u64::MAX;
+        assert!(images.check_room(1).is_err());
+    }
 
     #[test]
     fn open_generates_a_private_key_once() {

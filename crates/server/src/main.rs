@@ -127,10 +127,11 @@ async fn serve(path: &Path) -> Result<()> {
         .await
         .context("opening the store")?;
     let data_dir = config.data_dir.clone();
-    let images = tokio::task::spawn_blocking(move || Images::open(&data_dir))
+    let mut images = tokio::task::spawn_blocking(move || Images::open(&data_dir))
         .await
         .context("opening the image store")?
         .context("opening the image store")?;
+    images.reserve = config.images_reserve;
     tracing::info!(
         "image store {}, manifests signed with key {}",
         images.store.root().display(),

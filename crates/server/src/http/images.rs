@@ -274,6 +274,10 @@ async fn upload(
 ) -> Result<StatusCode, Failure> {
     let hash = parse_hash(&hash)?;
     let body = body.map_err(|e| Failure::new(e.status(), e.body_text()))?;
+    state
+        .images
+        .check_room(body.len() as u64)
+        .map_err(|e| Failure::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
     let new = with_image_store(&state.images, move |s| s.put(&hash, &body)).await?;
     Ok(if new {
         StatusCode::CREATED
