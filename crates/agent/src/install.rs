@@ -866,25 +866,19 @@ mod tests {
             if refuse.is_ok() {
                 return;
             }
-            {
-                // The outage starts at the first request past `down_after` once every chunk
-                // before it was served, so the resume point is at or after `down_after`.
-                let mut down = down_since.lock().unwrap();
-                let last = wanted
-                    .iter()
-                    .filter_map(|w| script.order.iter().position(|h| h == w))
-                    .max()
-                    .unwrap_or(0);
-                let served = gets.lock().unwrap().clone();
-                let before_served = script.order[..script.down_after.min(script.order.len())]
-                    .iter()
-                    .all(|h| served.contains(h));
-                if down.is_some() || (last >= script.down_after && before_served) {
-                    let since = *down.get_or_insert_with(Instant::now);
-                    if since.elapsed() < script.outage {
-                        // Gone: the connection closes without an answer.
-                        return;
-                    }
+            // The outage starts at the first request that begins at or past `down_after` and
+            // refuses only such requests (fetchers race; one for earlier chunks may come
+            // later), so the resume point is at or after `down_after`.
+            let first = wanted
+                .iter()
+                .filter_map(|w| script.order.iter().position(|h| h == w))
+                .min()
+                .unwrap_or(0);
+            if first >= script.down_after {
+                let since = *down_since.lock().unwrap().get_or_insert_with(Instant::now);
+                if since.elapsed() < script.outage {
+                    // Gone: the connection closes without an answer.
+                    return;
                 }
             }
             let mut out = Vec::new();
