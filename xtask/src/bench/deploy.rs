@@ -870,16 +870,21 @@ mod tests {
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }
 
-    #[test]
-    fn the_single_bios_layout_mounts_one_ext4_root_at_the_target() {
-        let disks = [Disk {
+    /// The one 8 GiB virtio disk of the bench VM, as the agent reports it.
+    fn bench_disk() -> Disk {
+        Disk {
             path: "/dev/vda".to_string(),
             size_bytes: 8 << 30,
             model: None,
             serial: None,
             rotational: true,
             by_path: None,
-        }];
+        }
+    }
+
+    #[test]
+    fn the_single_bios_layout_mounts_one_ext4_root_at_the_target() {
+        let disks = [bench_disk()];
         let script = layout_script(&disks, lab::lab_mac(40)).unwrap();
         assert!(
             script.contains("mkfs.ext4')\" '-F' '-L' 'root'"),
@@ -893,14 +898,7 @@ mod tests {
 
     #[test]
     fn the_baseline_init_is_valid_shell() {
-        let disks = [Disk {
-            path: "/dev/vda".to_string(),
-            size_bytes: 8 << 30,
-            model: None,
-            serial: None,
-            rotational: true,
-            by_path: None,
-        }];
+        let disks = [bench_disk()];
         let script =
             init_script(&disks, lab::lab_mac(40), "http://10.77.0.1:8081/t.tar.zst").unwrap();
         assert!(!script.contains('@'), "{script}");
